@@ -1,0 +1,120 @@
+"""Tiny random models of the real architectures, and a small tokenizer built here, so tests need no hub.
+
+Used by the test suite and by anyone who wants to try an exporter in seconds.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+CHATML = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+
+CORPUS = [
+    "You extract facts about the speakers. Reply with JSON: {\"facts\": [\"...\"]}.",
+    "{\"memory\": [{\"id\": \"0\", \"text\": \"Caroline likes painting\", \"event\": \"ADD\", \"old_memory\": \"\"}]}",
+    "ADD UPDATE DELETE NONE memory facts question answer date session conversation",
+    "Caroline went to a support group on 7 May 2023. Melanie painted a sunrise with her kids.",
+    "What did Caroline research? Adoption agencies. When did Melanie run a charity race?",
+    "0123456789 January February March April May June July August September October November December",
+    "the a an of to in on at for with by from and or but not is are was were be been I you he she they we",
+]
+
+
+def build_tokenizer(out: Path, vocab_size: int = 600):
+    """Train a byte-level BPE tokenizer with ChatML special tokens and save it as a HF tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIALS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator(CORPUS * 20, trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<|im_start|>",
+        eos_token="<|im_end|>",
+        pad_token="<|im_end|>",
+        unk_token="<|endoftext|>",
+    )
+    fast.chat_template = CHATML
+    fast.save_pretrained(out)
+    return fast
+
+
+def build_model(out: Path, arch: str = "llama", seed: int = 0, **overrides) -> Path:
+    """Save a tiny random model of `arch` (llama or qwen2) with a tokenizer into `out`."""
+    from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
+
+    out = Path(out)
+    tok = build_tokenizer(out)
+    common = dict(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=True,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    common.update(overrides)
+    cls = {"llama": LlamaConfig, "qwen2": Qwen2Config}[arch]
+    config = cls(**common)
+    if arch == "llama":
+        config.rope_parameters = {"rope_type": "default", "rope_theta": 100000.0}
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.2)
+    model.save_pretrained(out)
+    return out
+
+
+def build_adapter(
+    base_dir: Path,
+    out: Path,
+    seed: int,
+    rank: int = 4,
+    alpha: int = 8,
+    targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+) -> Path:
+    """Save a PEFT LoRA adapter for `base_dir` with random, non-zero A and B (so it changes outputs)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    peft_model = get_peft_model(
+        model, LoraConfig(r=rank, lora_alpha=alpha, target_modules=list(targets), lora_dropout=0.0)
+    )
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_" in name:
+                p.normal_(0.0, 0.1)
+    peft_model.save_pretrained(out)
+    return Path(out)
+
+
+def build_adapters(base_dir: Path, out_dir: Path, names=("extract", "mem_update", "answer"), **kw) -> Path:
+    """One random adapter per operation, in `out_dir/<name>/` (the layout the toolkit expects)."""
+    for i, name in enumerate(names):
+        build_adapter(base_dir, Path(out_dir) / name, seed=100 + i, **kw)
+    return Path(out_dir)
