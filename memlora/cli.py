@@ -1,0 +1,39 @@
+"""The `memlora` command: one module per verb, each a library function plus a thin `main`."""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import sys
+
+import typer
+
+from .errors import MemloraError
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  help="Memory-augmented small LMs with LoRA expert adapters, exported to phones and parity-checked.")
+
+VERBS = {
+    "setup": "memlora.setup",
+    "ingest": "memlora.ingest",
+    "ask": "memlora.ask",
+    "memories": "memlora.memories",
+}
+
+
+def _friendly(fn):
+    """Turn a MemloraError into one clear line on stderr and exit code 2, instead of a traceback."""
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except MemloraError as e:
+            typer.echo(f"error: {e}", err=True)
+            sys.exit(2)
+
+    return run
+
+
+for _verb, _module in VERBS.items():
+    app.command(_verb)(_friendly(importlib.import_module(_module).main))

@@ -1,0 +1,53 @@
+"""`memlora ingest FILE`: feed a conversation through extract -> retrieve -> update into the store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from . import options
+from .conversations import exchanges, load_conversation, parse_range
+from .pipeline import MemoryPipeline
+
+
+def ingest(pipeline: MemoryPipeline, path: Path, sessions: str | None = None, window: int = 4, progress: bool = True) -> dict[str, int]:
+    """Ingest `path` exchange by exchange; exchanges already in the store are skipped (resumable)."""
+    conv = load_conversation(path)
+    todo = exchanges(conv, parse_range(sessions, [s.number for s in conv.sessions]), window)
+    counts: dict[str, int] = {}
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  disable=not progress, transient=False) as bar:
+        task = bar.add_task(f"ingest {conv.id}", total=len(todo))
+        for key, turns in todo:
+            result = pipeline.ingest(key, turns)
+            counts[result.status] = counts.get(result.status, 0) + 1
+            bar.advance(task)
+    return counts
+
+
+def main(
+    file: Annotated[Path, typer.Argument(help="LoCoMo conversation JSON, or JSONL of {speaker, text, date} turns", exists=True, dir_okay=False)],
+    sessions: Annotated[Optional[str], typer.Option(help="sessions to ingest, e.g. 1-3 or 1,4")] = None,
+    window: Annotated[int, typer.Option(min=1, help="turns per exchange")] = 4,
+    store: options.Store = None,
+    backend: options.BackendName = "torch",
+    bundle: options.Bundle = None,
+    model: options.Model = None,
+    adapters: options.Adapters = None,
+    no_adapters: options.NoAdapters = False,
+    trace: options.Trace = None,
+) -> None:
+    """Ingest a conversation into the memory store."""
+    from .session import open_pipeline
+
+    pipeline = open_pipeline(options.store_path(store), backend, bundle, model, adapters, no_adapters, trace)
+    counts = ingest(pipeline, file, sessions, window)
+    n = len(pipeline.store.memories())
+    Console().print(
+        f"exchanges: {', '.join(f'{v} {k}' for k, v in sorted(counts.items()))}; "
+        f"{n} memories in {pipeline.store.path}"
+    )

@@ -1,0 +1,114 @@
+"""Mem0's memory pipeline on any backend: extract facts, retrieve, decide ADD/UPDATE/DELETE/NONE, apply;
+answer from retrieved memories. Written once; backends differ only in their forward pass."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .backend import Backend
+from .generate import Generation, GenerationConfig, generate
+from .parse import MalformedOutput, parse_answer, parse_facts, parse_update
+from .prompts import MAX_NEW_TOKENS, STOP, Memory, Turn, answer_messages, extract_messages, render, update_messages
+from .store import Change, MemoryStore
+from .trace import TraceWriter
+
+
+@dataclass
+class ExchangeResult:
+    key: str
+    status: str  # applied | no_facts | malformed | done_before
+    facts: list[str] = field(default_factory=list)
+    events: list[tuple[str, str]] = field(default_factory=list)  # (event, memory id)
+    error: str = ""
+
+
+@dataclass
+class Answer:
+    text: str
+    memories: list[Memory]
+
+
+class MemoryPipeline:
+    """Runs the three operations on `backend`, switching to the operation's adapter when it has one."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        tokenizer,
+        store: MemoryStore,
+        embedder,
+        use_adapters: bool = True,
+        top_k: int = 5,
+        answer_k: int = 10,
+        trace: TraceWriter | None = None,
+    ):
+        self.backend, self.tokenizer, self.store, self.embedder = backend, tokenizer, store, embedder
+        self.use_adapters, self.top_k, self.answer_k, self.trace = use_adapters, top_k, answer_k, trace
+        self.eos_ids = eos_ids(tokenizer)
+
+    def adapter_for(self, op: str) -> str | None:
+        return op if self.use_adapters and op in self.backend.adapters else None
+
+    def run(self, op: str, messages: list[dict[str, str]]) -> Generation:
+        config = GenerationConfig(max_new_tokens=MAX_NEW_TOKENS[op], stop=STOP[op])
+        ids = render(self.tokenizer, messages)
+        return generate(self.backend, self.tokenizer, ids, self.adapter_for(op), config, self.eos_ids, op, self.trace)
+
+    def ingest(self, key: str, turns: list[Turn]) -> ExchangeResult:
+        """Process one exchange; its changes land in one transaction, or nothing lands."""
+        turn_ids = [t.turn_id for t in turns]
+        if self.store.is_done(key):
+            return ExchangeResult(key, "done_before")
+        raw = self.run("extract", extract_messages(turns)).text
+        try:
+            facts = parse_facts(raw)
+        except MalformedOutput as e:
+            self.store.record_skipped(key, turn_ids, "malformed", None, "extract", raw, str(e))
+            return ExchangeResult(key, "malformed", error=f"extract: {e}")
+        if not facts:
+            self.store.record_skipped(key, turn_ids, "no_facts", facts)
+            return ExchangeResult(key, "no_facts")
+        fact_vecs = self.embedder.embed(facts)
+        related = self._related(fact_vecs)
+        raw = self.run("mem_update", update_messages(facts, related)).text
+        try:
+            events = parse_update(raw, {str(i) for i in range(len(related))})
+        except MalformedOutput as e:
+            self.store.record_skipped(key, turn_ids, "malformed", facts, "mem_update", raw, str(e))
+            return ExchangeResult(key, "malformed", facts, error=f"mem_update: {e}")
+        new_texts = [e.text for e in events if e.event in ("ADD", "UPDATE")]
+        vecs = iter(self.embedder.embed(new_texts)) if new_texts else iter(())
+        changes = [
+            Change(
+                e.event,
+                None if e.id is None else related[int(e.id)].id,
+                e.text,
+                next(vecs) if e.event in ("ADD", "UPDATE") else None,
+            )
+            for e in events
+        ]
+        ids = self.store.apply(key, turn_ids, turns[0].date, facts, changes)
+        applied = [c.event for c in changes if c.event != "NONE"]
+        return ExchangeResult(key, "applied", facts, list(zip(applied, ids)))
+
+    def _related(self, fact_vecs) -> list[Memory]:
+        """The union of each fact's top-k stored memories, best score first."""
+        best: dict[str, Memory] = {}
+        for v in fact_vecs:
+            for m in self.store.search(v, self.top_k):
+                if m.id not in best or m.score > best[m.id].score:
+                    best[m.id] = m
+        return sorted(best.values(), key=lambda m: -m.score)
+
+    def answer(self, question: str) -> Answer:
+        memories = self.store.search(self.embedder.embed([question])[0], self.answer_k)
+        return Answer(parse_answer(self.run("answer", answer_messages(question, memories)).text), memories)
+
+
+def eos_ids(tokenizer) -> set[int]:
+    """Token ids that end a reply: the tokenizer's eos plus the chat template's end-of-turn marker."""
+    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    if isinstance(end, int) and end != tokenizer.unk_token_id:
+        ids.add(end)
+    return ids
