@@ -1,0 +1,1 @@
+"""memlora.export: the export-friendly decoder, LoRA adapters, the bundle, and one module per target."""

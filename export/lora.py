@@ -1,0 +1,207 @@
+"""PEFT LoRA adapters for the export-friendly decoder: load, check against the base, unify for separable use.
+
+An adapter is read from a PEFT directory (``adapter_config.json`` + ``adapter_model.safetensors``). Its
+scale (``alpha / r``, or ``alpha / sqrt(r)`` with rsLoRA, per-module ``alpha_pattern`` honoured) is folded
+into B, so every runtime computes ``y = x W^T + (x A^T) B^T`` with no scale constant. That is what lets
+separable adapters share one graph: runtimes bake a scale and fixed shapes into the graph, so adapters
+with different alphas, ranks or target sets are brought to one slot layout -- the union of targets and
+the largest rank, padded with zeros (exact: zero rows/columns add nothing).
+
+API::
+
+    adapters = load_adapters(adapters_dir, config)     # {name: Adapter}, one per subdirectory
+    adapter = load_adapter(path, config, name)          # checked against the base: names and shapes
+    slots = unify_slots(adapters.values())              # LoraSlots(targets, rank) for one shared graph
+    decoder = Decoder.from_pretrained(model_dir, lora=slots); decoder.set_lora(adapter)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+import torch
+
+from memlora import OPERATIONS
+from memlora.errors import MemloraError
+
+from .decoder import ATTN_TARGETS, LORA_TARGETS, Decoder, DecoderConfig, LoraSlots
+
+_KEY = re.compile(r"^base_model\.model\.model\.layers\.(\d+)\.(self_attn|mlp)\.(\w+)\.lora_([AB])\.weight$")
+_UNSUPPORTED = ("use_dora", "modules_to_save", "layers_to_transform", "layers_pattern")
+
+
+@dataclass
+class Adapter:
+    """One LoRA adapter with its scale folded into B: ``weights[module] = (A [r, in], scale * B [out, r])``."""
+
+    name: str
+    path: Path
+    rank: int
+    alpha: float
+    targets: tuple[str, ...]
+    weights: dict[str, tuple[torch.Tensor, torch.Tensor]]
+    sha256: str
+
+    def manifest_entry(self) -> dict:
+        return {"name": self.name, "rank": self.rank, "alpha": self.alpha, "targets": list(self.targets),
+                "sha256": self.sha256}
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def expected_shape(config: DecoderConfig, target: str) -> tuple[int, int]:
+    """(out_features, in_features) of a projection in the base model."""
+    d, f, hd = config.hidden_size, config.intermediate_size, config.head_dim
+    return {
+        "q_proj": (config.num_heads * hd, d),
+        "k_proj": (config.num_kv_heads * hd, d),
+        "v_proj": (config.num_kv_heads * hd, d),
+        "o_proj": (d, config.num_heads * hd),
+        "gate_proj": (f, d),
+        "up_proj": (f, d),
+        "down_proj": (d, f),
+    }[target]
+
+
+def _pattern_value(patterns: dict, module: str, default):
+    """PEFT's per-module override: a key matches the module path or a dotted suffix of it."""
+    for key, value in patterns.items():
+        if re.match(rf"(.*\.)?({key})$", module):
+            return value
+    return default
+
+
+def _read_config(path: Path) -> dict:
+    cfg_path = path / "adapter_config.json"
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except (OSError, ValueError) as e:
+        raise MemloraError(f"{cfg_path}: cannot read adapter config ({e})") from e
+    if cfg.get("peft_type", "LORA") != "LORA":
+        raise MemloraError(f"{cfg_path}: peft_type {cfg.get('peft_type')!r} is not LORA")
+    for key in _UNSUPPORTED:
+        if cfg.get(key):
+            raise MemloraError(f"{cfg_path}: {key}={cfg[key]!r} is not supported by the exporters")
+    if cfg.get("bias", "none") != "none":
+        raise MemloraError(f"{cfg_path}: bias={cfg['bias']!r} is not supported (train with bias='none')")
+    if "r" not in cfg or "lora_alpha" not in cfg:
+        raise MemloraError(f"{cfg_path}: r and lora_alpha are required")
+    return cfg
+
+
+def load_adapter(path: Path, config: DecoderConfig, name: str | None = None) -> Adapter:
+    """Read a PEFT adapter and check every tensor against the base: known module, layer, and shape."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    cfg = _read_config(path)
+    weights_path = path / "adapter_model.safetensors"
+    try:
+        raw = load_file(weights_path)
+    except (OSError, SafetensorError) as e:
+        raise MemloraError(f"{weights_path}: cannot read adapter weights ({e})") from e
+    pairs: dict[str, dict[str, torch.Tensor]] = {}
+    for key, tensor in raw.items():
+        m = _KEY.match(key)
+        if not m or m.group(3) not in LORA_TARGETS:
+            raise MemloraError(f"{weights_path}: tensor {key} is not a LoRA weight of a Llama-family projection")
+        layer, block, target, ab = int(m.group(1)), m.group(2), m.group(3), m.group(4)
+        if layer >= config.num_layers or (block == "self_attn") != (target in ATTN_TARGETS):
+            raise MemloraError(
+                f"{weights_path}: {key} does not exist in the base model ({config.num_layers} layers): "
+                "this adapter was trained for another base"
+            )
+        pairs.setdefault(f"layers.{layer}.{block}.{target}", {})[ab] = tensor.to(torch.float32)
+    weights: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    for module, ab in sorted(pairs.items()):
+        if set(ab) != {"A", "B"}:
+            raise MemloraError(f"{weights_path}: {module} has lora_{'A' if 'A' in ab else 'B'} only")
+        a, b = ab["A"], ab["B"]
+        out_f, in_f = expected_shape(config, module.rsplit(".", 1)[1])
+        r = a.shape[0]
+        if a.shape != (r, in_f) or b.shape != (out_f, r):
+            raise MemloraError(
+                f"{weights_path}: {module} has A {tuple(a.shape)} and B {tuple(b.shape)}, the base needs "
+                f"A (r, {in_f}) and B ({out_f}, r): this adapter was trained for another base"
+            )
+        alpha = float(_pattern_value(cfg.get("alpha_pattern") or {}, module, cfg["lora_alpha"]))
+        scale = alpha / math.sqrt(r) if cfg.get("use_rslora") else alpha / r
+        weights[module] = (a, b * scale)
+    if not weights:
+        raise MemloraError(f"{weights_path}: the adapter has no LoRA weights")
+    targets = tuple(t for t in LORA_TARGETS if any(m.endswith("." + t) for m in weights))
+    return Adapter(
+        name=name or path.name,
+        path=path,
+        rank=max(a.shape[0] for a, _ in weights.values()),
+        alpha=float(cfg["lora_alpha"]),
+        targets=targets,
+        weights=weights,
+        sha256=file_sha256(weights_path),
+    )
+
+
+def load_adapters(adapters_dir: Path, config: DecoderConfig) -> dict[str, Adapter]:
+    """Every adapter under `adapters_dir` (``<name>/adapter_config.json``), operations first, then by name."""
+    adapters_dir = Path(adapters_dir)
+    if not adapters_dir.is_dir():
+        raise MemloraError(f"{adapters_dir}: adapters directory does not exist")
+    names = sorted(
+        (p.name for p in adapters_dir.iterdir() if (p / "adapter_config.json").exists()),
+        key=lambda n: (OPERATIONS.index(n) if n in OPERATIONS else len(OPERATIONS), n),
+    )
+    if not names:
+        raise MemloraError(f"{adapters_dir}: no adapters found (expected <name>/adapter_config.json)")
+    return {n: load_adapter(adapters_dir / n, config, n) for n in names}
+
+
+def unify_slots(adapters: Iterable[Adapter]) -> LoraSlots:
+    """One slot layout every adapter fits: union of targets, largest rank (smaller ones are zero-padded)."""
+    adapters = list(adapters)
+    targets = {t for a in adapters for t in a.targets}
+    return LoraSlots(tuple(t for t in LORA_TARGETS if t in targets), max(a.rank for a in adapters))
+
+
+def slot_tensors(decoder: Decoder, adapter: Adapter | None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """The (A, B) each slot of `decoder` holds for `adapter`: zero-padded to the slot rank, zero if absent."""
+    slots = decoder.lora_modules()
+    if adapter is not None:
+        extra = sorted(set(adapter.weights) - set(slots))
+        if extra:
+            raise MemloraError(f"{adapter.path}: adapter {adapter.name} targets {extra[0]}, which has no LoRA slot")
+    out = {}
+    for module, lin in slots.items():
+        a = torch.zeros_like(lin.lora_a)
+        b = torch.zeros_like(lin.lora_b)
+        if adapter is not None and module in adapter.weights:
+            src_a, src_b = adapter.weights[module]
+            if src_a.shape[0] > lin.rank:
+                raise MemloraError(
+                    f"{adapter.path}: adapter {adapter.name} has rank {src_a.shape[0]} > slot rank {lin.rank}"
+                )
+            a[: src_a.shape[0]] = src_a
+            b[:, : src_b.shape[1]] = src_b
+        out[module] = (a, b)
+    return out
+
+
+def fill_slots(decoder: Decoder, adapter: Adapter | None) -> None:
+    """Copy `adapter` into the decoder's LoRA slots (zeros where it has no weights)."""
+    modules = decoder.lora_modules()
+    with torch.no_grad():
+        for module, (a, b) in slot_tensors(decoder, adapter).items():
+            modules[module].lora_a.copy_(a)
+            modules[module].lora_b.copy_(b)

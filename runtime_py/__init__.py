@@ -1,0 +1,1 @@
+"""memlora.runtime: one backend per runtime behind the `memlora.backend.Backend` interface."""
