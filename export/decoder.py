@@ -12,7 +12,8 @@ API
     tied or untied embeddings, RoPE type default/linear/llama3/yarn).
 ``decoder = Decoder.from_pretrained(model_dir, max_context=2048, lora=LoraSlots(targets, rank))``
     Loads HF safetensors (single file or sharded) in fp32, ``eval()`` mode, no grad needed.
-    ``lora`` adds zero LoRA slots (A ``[rank, in]``, B ``[out, rank]``, scale folded into B) on the named
+    ``lora`` adds zero LoRA slots (``lora_a [in, rank]``, ``lora_b [rank, out]`` -- transposed from PEFT so
+    ``(x @ A) @ B`` needs no transpose in an exported graph; scale folded into B) on the named
     projections (any subset of ``q_proj k_proj v_proj o_proj gate_proj up_proj down_proj``) of every layer.
     Fill them with ``memlora.export.lora``: ``load_adapter`` + ``Decoder.set_lora(adapter)`` (or
     ``Decoder.clear_lora()``); ``Decoder.merge_lora()`` folds the active adapter into the base weights.
@@ -150,7 +151,7 @@ class LoraSlots:
 
 
 class LoraLinear(nn.Module):
-    """A linear layer with an optional low-rank slot: ``y = x W^T + b + (x A^T) B^T`` (scale folded in B)."""
+    """A linear layer with an optional low-rank slot: ``y = x W^T + b + (x A) B`` (scale folded in B)."""
 
     def __init__(self, d_in: int, d_out: int, bias: bool, rank: int = 0):
         super().__init__()
@@ -158,13 +159,13 @@ class LoraLinear(nn.Module):
         self.bias = nn.Parameter(torch.zeros(d_out), requires_grad=False) if bias else None
         self.rank = rank
         if rank:
-            self.lora_a = nn.Parameter(torch.zeros(rank, d_in), requires_grad=False)
-            self.lora_b = nn.Parameter(torch.zeros(d_out, rank), requires_grad=False)
+            self.lora_a = nn.Parameter(torch.zeros(d_in, rank), requires_grad=False)
+            self.lora_b = nn.Parameter(torch.zeros(rank, d_out), requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = nn.functional.linear(x, self.weight, self.bias)
         if self.rank:
-            y = y + nn.functional.linear(nn.functional.linear(x, self.lora_a), self.lora_b)
+            y = y + (x @ self.lora_a) @ self.lora_b
         return y
 
 
@@ -332,7 +333,7 @@ class Decoder(nn.Module):
         """Fold the active adapter into the base weights (exact in fp32) and zero the slots."""
         with torch.no_grad():
             for m in self.lora_modules().values():
-                m.weight += m.lora_b @ m.lora_a
+                m.weight += (m.lora_a @ m.lora_b).T
         self.clear_lora()
 
     def reset_cache(self) -> None:

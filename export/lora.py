@@ -176,7 +176,8 @@ def unify_slots(adapters: Iterable[Adapter]) -> LoraSlots:
 
 
 def slot_tensors(decoder: Decoder, adapter: Adapter | None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """The (A, B) each slot of `decoder` holds for `adapter`: zero-padded to the slot rank, zero if absent."""
+    """The (A [in, r], B [r, out]) each slot of `decoder` holds for `adapter`: transposed from PEFT's layout,
+    zero-padded to the slot rank, zero if absent."""
     slots = decoder.lora_modules()
     if adapter is not None:
         extra = sorted(set(adapter.weights) - set(slots))
@@ -192,8 +193,8 @@ def slot_tensors(decoder: Decoder, adapter: Adapter | None) -> dict[str, tuple[t
                 raise MemloraError(
                     f"{adapter.path}: adapter {adapter.name} has rank {src_a.shape[0]} > slot rank {lin.rank}"
                 )
-            a[: src_a.shape[0]] = src_a
-            b[:, : src_b.shape[1]] = src_b
+            a[:, : src_a.shape[0]] = src_a.T
+            b[: src_b.shape[1]] = src_b.T
         out[module] = (a, b)
     return out
 
