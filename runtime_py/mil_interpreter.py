@@ -1,0 +1,412 @@
+"""Execute a Core ML mlprogram package (.mlpackage) with numpy, on any OS.
+
+`MLModel.predict` only runs on macOS; this interpreter runs the same saved program from its spec and weight
+blobs so that a converted model's numbers can be checked on Linux. It predicts what a device computes:
+every op output is rounded to the dtype the program declares (an fp16 op computes in fp32 and rounds its
+result to fp16; matmul-like ops accumulate in fp32, as Apple's GPU and Neural Engine do), states are read
+and written with the program's state ops, and a multifunction model runs the function asked for.
+
+Loading compiles each function once into a list of small closures: `const` ops and everything computable
+from constants alone (the `constexpr_*` dequantization ops, shape arithmetic) are evaluated at load time and
+cached by provenance, so functions of a multifunction model share one copy of their deduplicated weights.
+An op the interpreter does not implement is reported at load time with the function, op index and output
+name where it occurs.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from memlora.errors import MemloraError
+
+from .mil_blobs import BlobFile, unpack_bits
+from .mil_ops import EXACT, IMPURE, OPS, StateBox, slice_update_into
+
+# MIL DataType code -> (name, numpy dtype values are held in). fp16 values are held in float32 arrays,
+# rounded to fp16, so numpy's BLAS-backed float32 kernels do the arithmetic.
+DTYPES: dict[int, tuple[str, np.dtype]] = {
+    1: ("bool", np.dtype(np.bool_)),
+    2: ("string", np.dtype(object)),
+    10: ("fp16", np.dtype(np.float32)),
+    11: ("fp32", np.dtype(np.float32)),
+    12: ("fp64", np.dtype(np.float64)),
+    21: ("int8", np.dtype(np.int8)),
+    22: ("int16", np.dtype(np.int16)),
+    23: ("int32", np.dtype(np.int32)),
+    24: ("int64", np.dtype(np.int64)),
+    25: ("int4", np.dtype(np.int8)),
+    31: ("uint8", np.dtype(np.uint8)),
+    32: ("uint16", np.dtype(np.uint16)),
+    33: ("uint32", np.dtype(np.uint32)),
+    34: ("uint64", np.dtype(np.uint64)),
+    35: ("uint4", np.dtype(np.uint8)),
+    36: ("uint2", np.dtype(np.uint8)),
+    37: ("uint1", np.dtype(np.uint8)),
+    38: ("uint6", np.dtype(np.uint8)),
+    39: ("uint3", np.dtype(np.uint8)),
+}
+FP16 = 10
+SUB_BYTE_BITS = {25: (4, True), 35: (4, False), 36: (2, False), 37: (1, False), 38: (6, False), 39: (3, False)}
+# Parameters that take a list of values even when the program binds a single one.
+VARIADIC = {"values", "ref_tensors", "begins", "ends", "end_masks"}
+
+
+class UnsupportedOpError(MemloraError):
+    """The program uses an op this interpreter does not implement."""
+
+
+@dataclass(frozen=True)
+class TensorType:
+    """A MIL tensor type: data type code and shape (None for a dimension unknown until run time)."""
+
+    dtype: int
+    shape: tuple[int | None, ...]
+    state: bool = False
+
+    @property
+    def name(self) -> str:
+        return DTYPES.get(self.dtype, (f"type {self.dtype}",))[0]
+
+    @property
+    def numpy(self) -> np.dtype:
+        if self.dtype not in DTYPES:
+            raise MemloraError(f"unsupported MIL data type code {self.dtype}")
+        return DTYPES[self.dtype][1]
+
+
+def parse_type(value_type) -> TensorType:
+    kind = value_type.WhichOneof("type")
+    if kind == "stateType":
+        inner = parse_type(value_type.stateType.wrappedType)
+        return TensorType(inner.dtype, inner.shape, state=True)
+    if kind != "tensorType":
+        raise MemloraError(f"unsupported MIL value type '{kind}'")
+    t = value_type.tensorType
+    dims = tuple(d.constant.size if d.WhichOneof("dimension") == "constant" else None for d in t.dimensions)
+    return TensorType(t.dataType, dims)
+
+
+def round_fp16(v: Any) -> np.ndarray:
+    """Round to fp16, keeping the float32 container the interpreter computes in."""
+    return np.asarray(v).astype(np.float16).astype(np.float32)
+
+
+def coercer(t: TensorType, exact: bool) -> Callable[[Any], np.ndarray]:
+    """Bring an op result to its declared dtype and check its declared shape."""
+    dtype = t.numpy
+    static = None if None in t.shape else t.shape
+    rank = len(t.shape)
+
+    def check(v: np.ndarray) -> np.ndarray:
+        if v.shape != static if static is not None else v.ndim != rank:
+            raise ValueError(f"computed shape {v.shape}, the program declares {t.shape}")
+        return v
+
+    if t.dtype == FP16 and not exact:
+        return lambda v: check(round_fp16(v))
+    return lambda v: check(np.asarray(v, dtype=dtype))
+
+
+def storage_dtype(t: TensorType) -> np.dtype:
+    """The dtype a caller sees for a value of type `t` (fp16 is returned as numpy float16)."""
+    return np.dtype(np.float16) if t.dtype == FP16 else t.numpy
+
+
+@dataclass
+class Const:
+    """A constant known at load time, loaded lazily; `key` identifies its content across functions."""
+
+    key: tuple
+    load: Callable[[], Any]
+
+
+@dataclass
+class CompiledFunction:
+    name: str
+    inputs: dict[str, TensorType]
+    states: dict[str, TensorType]
+    outputs: dict[str, TensorType]
+    steps: list[Callable[[dict], None]]
+    where: list[str]
+    consts: dict[str, Any]
+
+
+class MILModel:
+    """A loaded .mlpackage whose functions can be run with `predict`."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.spec_path, self.spec = self._load_spec()
+        if self.spec.WhichOneof("Type") != "mlProgram":
+            raise MemloraError(f"{self.spec_path}: not an mlprogram model ({self.spec.WhichOneof('Type')})")
+        self.program = self.spec.mlProgram
+        self.functions = tuple(self.program.functions.keys())
+        self.default_function = self.spec.description.defaultFunctionName or "main"
+        self._blobs: dict[str, BlobFile] = {}
+        self._cache: dict[tuple, Any] = {}
+        self._compiled: dict[str, CompiledFunction] = {}
+
+    def _load_spec(self):
+        from coremltools.proto import Model_pb2
+
+        spec_path = self.path
+        if self.path.is_dir():
+            manifest = self.path / "Manifest.json"
+            try:
+                info = json.loads(manifest.read_text())
+                root = info["itemInfoEntries"][info["rootModelIdentifier"]]["path"]
+            except (OSError, ValueError, KeyError) as exc:
+                raise MemloraError(f"{manifest}: not a readable Core ML package manifest ({exc})") from exc
+            spec_path = self.path / "Data" / root
+        spec = Model_pb2.Model()
+        try:
+            spec.ParseFromString(spec_path.read_bytes())
+        except Exception as exc:  # protobuf raises DecodeError or RuntimeWarning-like errors
+            raise MemloraError(f"{spec_path}: cannot parse the Core ML model spec ({exc})") from exc
+        return spec_path, spec
+
+    # ---- constants ------------------------------------------------------------------------------------
+
+    def _blob_file(self, name: str) -> BlobFile:
+        path = self.spec_path.parent / name.replace("@model_path/", "")
+        if name not in self._blobs:
+            if not path.is_file():
+                raise MemloraError(f"{path}: weight file named by the program is missing")
+            self._blobs[name] = BlobFile(path)
+        return self._blobs[name]
+
+    def _const(self, value, where: str) -> Const:
+        t = parse_type(value.type)
+        if None in t.shape:
+            raise MemloraError(f"{self.spec_path}: constant with unknown shape in {where}")
+        count = int(np.prod(t.shape, dtype=np.int64))
+        kind = value.WhichOneof("value")
+        if kind == "blobFileValue":
+            ref = value.blobFileValue
+            blob = self._blob_file(ref.fileName)
+            key = ("blob", ref.fileName, ref.offset, t)
+            return Const(key, lambda: self._typed(blob.read(ref.offset, count), t))
+        tensor = value.immediateValue.tensor
+        field = tensor.WhichOneof("value")
+        if field == "strings":
+            strings = [s for s in tensor.strings.values]
+            return Const(("str", tuple(strings)), lambda: strings[0] if not t.shape else strings)
+        if field == "bytes":
+            raw = tensor.bytes.values
+            if t.dtype in SUB_BYTE_BITS:
+                bits, signed = SUB_BYTE_BITS[t.dtype]
+                flat = unpack_bits(np.frombuffer(raw, np.uint8), count, bits, signed)
+            else:
+                flat = np.frombuffer(raw, np.float16 if t.dtype == FP16 else t.numpy)
+        elif field is None:
+            flat = np.zeros(0, t.numpy)
+        else:
+            flat = np.asarray(list(getattr(tensor, field).values))
+        if flat.size != count:
+            raise MemloraError(f"{self.spec_path}: constant holds {flat.size} values, its type {t.shape} in {where}")
+        array = self._typed(flat, t)
+        return Const(("imm", t, array.tobytes()), lambda: array)
+
+    @staticmethod
+    def _typed(flat: np.ndarray, t: TensorType) -> np.ndarray:
+        return np.asarray(flat, dtype=t.numpy).reshape(t.shape)
+
+    def _materialize(self, c: Const, keep: bool) -> Any:
+        if c.key in self._cache:
+            return self._cache[c.key]
+        value = c.load()
+        if keep:
+            self._cache[c.key] = value
+        return value
+
+    # ---- compilation ----------------------------------------------------------------------------------
+
+    def function(self, name: str | None = None) -> CompiledFunction:
+        name = name or self.default_function
+        if name not in self._compiled:
+            if name not in self.program.functions:
+                raise MemloraError(f"{self.path}: no function '{name}' (has {', '.join(self.functions)})")
+            self._compiled[name] = self._compile(name)
+        return self._compiled[name]
+
+    def _compile(self, fname: str) -> CompiledFunction:
+        fn = self.program.functions[fname]
+        if fn.opset not in fn.block_specializations:
+            raise MemloraError(f"{self.spec_path}: function '{fname}' has no block for opset {fn.opset}")
+        block = fn.block_specializations[fn.opset]
+        declared = {i.name: parse_type(i.type) for i in fn.inputs}
+        inputs = {n: t for n, t in declared.items() if not t.state}
+        states = {n: t for n, t in declared.items() if t.state}
+        consumers: dict[str, list] = {}
+        for op in block.operations:
+            for param, arg in op.inputs.items():
+                for b in arg.arguments:
+                    if b.WhichOneof("binding") == "name":
+                        consumers.setdefault(b.name, []).append((op, param))
+        for out in block.outputs:
+            consumers.setdefault(out, []).append((None, None))
+
+        consts: dict[str, Const] = {}
+        types: dict[str, TensorType] = dict(declared)
+        producer: dict[str, Any] = {}
+        steps: list[Callable[[dict], None]] = []
+        where_list: list[str] = []
+        for index, op in enumerate(block.operations):
+            outs = [(o.name, parse_type(o.type)) for o in op.outputs]
+            where = f"function '{fname}', op #{index} '{op.type}'" + (f" (output '{outs[0][0]}')" if outs else "")
+            for name, t in outs:
+                types[name] = t
+                producer[name] = op
+            if op.type == "const":
+                consts[outs[0][0]] = self._const(op.attributes["val"], where)
+                continue
+            impl = OPS.get(op.type)
+            if impl is None or len(op.blocks):
+                raise UnsupportedOpError(f"{self.spec_path}: unsupported MIL op '{op.type}' in {where}")
+            const_args: dict[str, Any] = {}
+            var_args: list[tuple[str, Any]] = []
+            for param, value in op.attributes.items():  # iOS 16 constexpr ops keep parameters here
+                if param != "name":
+                    const_args[param] = self._const(value, where)
+            for param, arg in op.inputs.items():
+                entries = []
+                for b in arg.arguments:
+                    if b.WhichOneof("binding") == "name":
+                        entries.append(consts.get(b.name, b.name))
+                    else:
+                        entries.append(self._const(b.value, where))
+                listed = param in VARIADIC or len(entries) != 1
+                if all(isinstance(e, Const) for e in entries):
+                    const_args[param] = entries if listed else entries[0]
+                elif listed:
+                    var_args.append((param, [e if isinstance(e, str) else (self._bind(e),) for e in entries]))
+                else:
+                    var_args.append((param, entries[0]))
+            exact = op.type in EXACT
+            coercers = [coercer(t, exact) for _, t in outs]
+            if not var_args and op.type not in IMPURE:
+                self._fold(op.type, impl, const_args, outs, coercers, consts, where)
+                continue
+            bound = {p: self._bind(v) for p, v in const_args.items()}
+            if op.type == "slice_update" and self._updates_state_in_place(op, producer, consumers):
+                impl = slice_update_into
+            steps.append(_step(impl, bound, var_args, [n for n, _ in outs], coercers))
+            where_list.append(where)
+        outputs = {n: types[n] for n in block.outputs}
+        out_consts = {n: self._materialize(consts[n], True) for n in block.outputs if n in consts}
+        return CompiledFunction(fname, inputs, states, outputs, steps, where_list, out_consts)
+
+    def _bind(self, v: Const | list[Const]) -> Any:
+        if isinstance(v, list):
+            return [self._materialize(c, True) for c in v]
+        return self._materialize(v, True)
+
+    def _fold(self, op_type, impl, const_args, outs, coercers, consts, where) -> None:
+        """Evaluate an op whose inputs are all constants once, at load time, shared by every function."""
+        key = (op_type,) + tuple(
+            (p, tuple(c.key for c in v) if isinstance(v, list) else v.key) for p, v in sorted(const_args.items())
+        )
+        if key not in self._cache:
+            args = {
+                p: [self._materialize(c, False) for c in v] if isinstance(v, list) else self._materialize(v, False)
+                for p, v in const_args.items()
+            }
+            try:
+                result = impl(**args)
+                results = result if len(outs) > 1 else (result,)
+                self._cache[key] = tuple(co(r) for co, r in zip(coercers, results))
+            except MemloraError:
+                raise
+            except Exception as exc:
+                raise MemloraError(f"{self.spec_path}: {where} failed at load time: {exc}") from exc
+        for i, (name, _) in enumerate(outs):
+            consts[name] = Const(key + (i,), lambda k=key, i=i: self._cache[k][i])
+
+    @staticmethod
+    def _updates_state_in_place(op, producer, consumers) -> bool:
+        """True for the KV-cache pattern read_state -> slice_update -> write_state on one state,
+        where the read value has no other use: then the update may write into the state's array."""
+        x = op.inputs["x"].arguments[0]
+        if x.WhichOneof("binding") != "name" or len(consumers.get(x.name, [])) != 1:
+            return False
+        source = producer.get(x.name)
+        if source is None or source.type != "read_state":
+            return False
+        state_name = source.inputs["input"].arguments[0].name
+        for user, param in consumers.get(op.outputs[0].name, []):
+            if user is not None and user.type == "write_state" and param == "data":
+                if user.inputs["input"].arguments[0].name == state_name:
+                    return True
+        return False
+
+    # ---- running --------------------------------------------------------------------------------------
+
+    def make_state(self, function: str | None = None) -> dict[str, StateBox]:
+        """Fresh zero-filled states for `function` (what `MLModel.make_state` gives on a device)."""
+        fn = self.function(function)
+        return {n: StateBox(np.zeros(t.shape, t.numpy)) for n, t in fn.states.items()}
+
+    def predict(
+        self, inputs: dict[str, Any], state: dict[str, StateBox] | None = None, function: str | None = None
+    ) -> dict[str, np.ndarray]:
+        """Run `function` on `inputs`, reading and updating `state`; outputs in their declared dtypes."""
+        fn = self.function(function)
+        env: dict[str, Any] = {}
+        for name, t in fn.inputs.items():
+            if name not in inputs:
+                raise MemloraError(f"{self.path}: function '{fn.name}' needs input '{name}'")
+            env[name] = coercer(t, False)(inputs[name]) if t.dtype == FP16 else np.asarray(inputs[name], t.numpy)
+        if fn.states:
+            if state is None or set(state) != set(fn.states):
+                raise MemloraError(f"{self.path}: function '{fn.name}' needs states {sorted(fn.states)}")
+            env.update(state)
+        index = 0
+        try:
+            for index, step in enumerate(fn.steps):
+                step(env)
+        except MemloraError:
+            raise
+        except Exception as exc:
+            raise MemloraError(f"{self.spec_path}: {fn.where[index]} failed: {exc}") from exc
+        env.update(fn.consts)
+        return {n: np.asarray(env[n]).astype(storage_dtype(t)) for n, t in fn.outputs.items()}
+
+
+def _step(impl, bound: dict, var_args: list, out_names: list[str], coercers: list) -> Callable[[dict], None]:
+    """One op as a closure over its constant arguments: fetch variables, compute, round, store.
+
+    A list parameter mixes variable names (str) and constants (1-tuples holding the value)."""
+    singles = [(p, v) for p, v in var_args if not isinstance(v, list)]
+    lists = [(p, v) for p, v in var_args if isinstance(v, list)]
+
+    def fetch(env: dict) -> dict:
+        kw = dict(bound)
+        for p, name in singles:
+            kw[p] = env[name]
+        for p, entries in lists:
+            kw[p] = [env[e] if isinstance(e, str) else e[0] for e in entries]
+        return kw
+
+    if not out_names:
+
+        def step(env: dict) -> None:
+            impl(**fetch(env))
+
+    elif len(out_names) == 1:
+        name, co = out_names[0], coercers[0]
+
+        def step(env: dict) -> None:
+            env[name] = co(impl(**fetch(env)))
+
+    else:
+
+        def step(env: dict) -> None:
+            for n, co, v in zip(out_names, coercers, impl(**fetch(env))):
+                env[n] = co(v)
+
+    return step
