@@ -27,7 +27,6 @@ from typing import Iterable
 
 import torch
 
-from memlora import OPERATIONS
 from memlora.errors import MemloraError
 
 from .decoder import ATTN_TARGETS, LORA_TARGETS, Decoder, DecoderConfig, LoraSlots
@@ -155,17 +154,10 @@ def load_adapter(path: Path, config: DecoderConfig, name: str | None = None) -> 
 
 
 def load_adapters(adapters_dir: Path, config: DecoderConfig) -> dict[str, Adapter]:
-    """Every adapter under `adapters_dir` (``<name>/adapter_config.json``), operations first, then by name."""
-    adapters_dir = Path(adapters_dir)
-    if not adapters_dir.is_dir():
-        raise MemloraError(f"{adapters_dir}: adapters directory does not exist")
-    names = sorted(
-        (p.name for p in adapters_dir.iterdir() if (p / "adapter_config.json").exists()),
-        key=lambda n: (OPERATIONS.index(n) if n in OPERATIONS else len(OPERATIONS), n),
-    )
-    if not names:
-        raise MemloraError(f"{adapters_dir}: no adapters found (expected <name>/adapter_config.json)")
-    return {n: load_adapter(adapters_dir / n, config, n) for n in names}
+    """Every operation adapter under `adapters_dir` (``<op>/adapter_config.json``), in operation order."""
+    from memlora.adapters import find_adapters
+
+    return {n: load_adapter(p, config, n) for n, p in find_adapters(Path(adapters_dir)).items()}
 
 
 def unify_slots(adapters: Iterable[Adapter]) -> LoraSlots:
@@ -206,3 +198,4 @@ def fill_slots(decoder: Decoder, adapter: Adapter | None) -> None:
         for module, (a, b) in slot_tensors(decoder, adapter).items():
             modules[module].lora_a.copy_(a)
             modules[module].lora_b.copy_(b)
+

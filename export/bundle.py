@@ -1,0 +1,190 @@
+"""The bundle: one directory an app or a backend loads -- manifest, tokenizer, per-target artifacts, golden traces.
+
+Layout::
+
+    manifest.json            schema `schemas/manifest.schema.json`; sha256 of every other file
+    tokenizer/               the HF tokenizer files (tokenizer.json, tokenizer_config.json, ...)
+    <target>/                per-target artifacts (onnx/base.onnx, onnx/extract.onnx_adapter, ...)
+    golden/traces.jsonl      reference outputs (memlora.trace format) an app replays as a self-test
+
+Writing goes to a hidden temporary sibling directory that is renamed into place only when complete, so an
+interrupted export never leaves a bundle behind. Loading validates the schema and every checksum and names
+the bad file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from memlora.errors import MemloraError
+
+from .decoder import DecoderConfig
+from .lora import Adapter, file_sha256
+
+SCHEMA_VERSION = "memlora-bundle/1"
+MANIFEST = "manifest.json"
+TOKENIZER_DIR = "tokenizer"
+SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "manifest.schema.json"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
+                   "vocab.json", "merges.txt", "generation_config.json")
+
+
+def model_entry(config: DecoderConfig, name: str, tokenizer) -> dict:
+    """Model facts for the manifest: architecture, sizes, context, special tokens (eos ids included)."""
+    eos = list(dict.fromkeys([*config.eos_token_ids, *([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else [])]))
+    specials = {t: tokenizer.convert_tokens_to_ids(t) for t in tokenizer.all_special_tokens}
+    return {
+        "name": name,
+        "architecture": config.architecture,
+        "vocab_size": config.vocab_size,
+        "hidden_size": config.hidden_size,
+        "num_layers": config.num_layers,
+        "num_heads": config.num_heads,
+        "num_kv_heads": config.num_kv_heads,
+        "head_dim": config.head_dim,
+        "max_context": config.max_context,
+        "rope_type": config.rope_type,
+        "rope_theta": config.rope_theta,
+        "tie_embeddings": config.tie_embeddings,
+        "special_tokens": {
+            "bos_id": config.bos_token_id,
+            "eos_ids": eos,
+            "pad_id": tokenizer.pad_token_id,
+            "tokens": specials,
+        },
+    }
+
+
+def copy_tokenizer(model_dir: Path, bundle_dir: Path) -> dict:
+    """Copy the tokenizer files the model directory has; the manifest's ``tokenizer`` entry."""
+    dest = bundle_dir / TOKENIZER_DIR
+    dest.mkdir(parents=True, exist_ok=True)
+    files = []
+    for name in TOKENIZER_FILES:
+        if (Path(model_dir) / name).is_file():
+            shutil.copy2(Path(model_dir) / name, dest / name)
+            files.append(f"{TOKENIZER_DIR}/{name}")
+    if not any(f.endswith("tokenizer.json") for f in files):
+        raise MemloraError(f"{model_dir}: no tokenizer.json (a fast tokenizer is required for the bundle)")
+    return {"dir": TOKENIZER_DIR, "files": files}
+
+
+def checksums(bundle_dir: Path) -> dict[str, str]:
+    """sha256 of every file under `bundle_dir` except the manifest, keyed by '/'-separated relative path."""
+    return {
+        p.relative_to(bundle_dir).as_posix(): file_sha256(p)
+        for p in sorted(bundle_dir.rglob("*"))
+        if p.is_file() and p.name != MANIFEST
+    }
+
+
+def validate_manifest(manifest: dict, source: Path) -> None:
+    import jsonschema
+
+    schema = json.loads(SCHEMA_PATH.read_text())
+    try:
+        jsonschema.validate(manifest, schema)
+    except jsonschema.ValidationError as e:
+        where = "/".join(str(p) for p in e.absolute_path) or "(top level)"
+        raise MemloraError(f"{source}: manifest does not match {SCHEMA_PATH.name} at {where}: {e.message}") from e
+
+
+@contextlib.contextmanager
+def staging(out: Path) -> Iterator[Path]:
+    """A temporary directory next to `out`; removed if the block fails, so no partial bundle remains."""
+    out = Path(out).resolve()
+    if out.exists() and not (out / MANIFEST).is_file():
+        if not out.is_dir() or any(out.iterdir()):
+            raise MemloraError(f"{out}: exists and is not a bundle; refusing to overwrite it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def publish(tmp: Path, out: Path, manifest: dict) -> Path:
+    """Checksum every file, validate and write the manifest, then rename the bundle into place."""
+    out = Path(out).resolve()
+    manifest = {**manifest, "files": checksums(tmp)}
+    validate_manifest(manifest, tmp / MANIFEST)
+    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, ensure_ascii=False) + "\n")
+    if out.exists():  # an older bundle (checked by `staging`): swap, then drop it
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+        out.rename(old / out.name)
+        tmp.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(out)
+    return out
+
+
+@dataclass(frozen=True)
+class TargetRequest:
+    """What every target exporter gets (``export_target(request, bundle_dir, stage) -> manifest entry``)."""
+
+    model_dir: Path
+    adapters: dict[str, Adapter]
+    mode: str
+    quant: str
+    block_size: int
+    max_context: int
+
+
+@dataclass(frozen=True)
+class Bundle:
+    path: Path
+    manifest: dict
+
+    def target(self, name: str) -> dict:
+        try:
+            return self.manifest["targets"][name]
+        except KeyError:
+            have = ", ".join(self.manifest["targets"]) or "none"
+            raise MemloraError(f"{self.path}: bundle has no {name} target (has: {have})") from None
+
+    @property
+    def eos_ids(self) -> set[int]:
+        return set(self.manifest["model"]["special_tokens"]["eos_ids"])
+
+    @property
+    def golden_file(self) -> Path:
+        return self.path / self.manifest["golden"]["file"]
+
+
+def load_bundle(path: Path, verify: bool = True) -> Bundle:
+    """Read and check a bundle: manifest schema, every listed file present with its sha256, nothing extra."""
+    path = Path(path)
+    manifest_path = path / MANIFEST
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except OSError as e:
+        raise MemloraError(f"{manifest_path}: cannot read bundle manifest ({e.strerror})") from e
+    except ValueError as e:
+        raise MemloraError(f"{manifest_path}: not valid JSON ({e})") from e
+    validate_manifest(manifest, manifest_path)
+    if verify:
+        listed = manifest["files"]
+        for rel, expected in listed.items():
+            f = path / rel
+            if not f.is_file():
+                raise MemloraError(f"{f}: listed in the manifest but missing from the bundle")
+            actual = file_sha256(f)
+            if actual != expected:
+                raise MemloraError(
+                    f"{f}: sha256 mismatch (manifest {expected[:12]}..., file {actual[:12]}...): "
+                    "the file is corrupt or was modified; re-export the bundle"
+                )
+        extra = sorted(p.relative_to(path).as_posix() for p in path.rglob("*")
+                       if p.is_file() and p.name != MANIFEST and p.relative_to(path).as_posix() not in listed)
+        if extra:
+            raise MemloraError(f"{path / extra[0]}: not listed in the manifest (bundle was modified)")
+    return Bundle(path, manifest)

@@ -1,0 +1,130 @@
+"""`memlora export`: turn a HF model and its PEFT adapters into a bundle for one or more runtimes.
+
+Library function `export_bundle`; `main` is the thin CLI wrapper (registered as `memlora export`) that
+shows one progress bar over the stages. Each target is a module with
+``export_target(request: TargetRequest, bundle_dir, stage) -> manifest entry``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Annotated, Callable, Optional
+
+import typer
+
+from memlora import __version__
+from memlora.errors import MemloraError
+from memlora.options import Adapters, Model
+
+TARGETS = {
+    "onnx": "memlora.export.onnx_export",
+    "executorch": "memlora.export.executorch_export",
+    "coreml": "memlora.export.coreml_export",
+}
+GOLDEN_DIR = "golden"
+GOLDEN_TOKENS = 48
+"""Golden traces stop after this many tokens: enough to catch a drift, small enough to replay on a phone."""
+
+
+def _reference_backend(model_dir: Path, adapters_dir: Path):
+    """The transformers+peft fp32 pipeline: golden traces are what the user's reference produces."""
+    from memlora.runtime.torch_backend import TorchBackend
+
+    return TorchBackend(model_dir, adapters_dir, mode="separable")
+
+
+def export_bundle(
+    model_dir: Path,
+    adapters_dir: Path,
+    targets: list[str],
+    mode: str,
+    quant: str,
+    block_size: int,
+    out: Path,
+    max_context: int = 2048,
+    golden_tokens: int = GOLDEN_TOKENS,
+    stage: Callable[[str], None] = lambda s: None,
+) -> Path:
+    """Export `targets` into a new bundle at `out` (written aside, renamed into place when complete)."""
+    from memlora import prompts
+    from memlora.session import load_tokenizer
+
+    from . import bundle, golden
+    from .decoder import DecoderConfig
+    from .lora import load_adapters
+
+    unknown = [t for t in targets if t not in TARGETS]
+    if unknown:
+        raise MemloraError(f"unknown target {unknown[0]!r}; choose from {', '.join(TARGETS)}")
+    model_dir, adapters_dir = Path(model_dir), Path(adapters_dir)
+    stage("check model and adapters")
+    config = DecoderConfig.from_hf(model_dir, max_context)
+    adapters = load_adapters(adapters_dir, config)
+    tokenizer = load_tokenizer(model_dir)
+    request = bundle.TargetRequest(model_dir, adapters, mode, quant, block_size, config.max_context)
+    with bundle.staging(out) as tmp:
+        entries = {}
+        for target in targets:
+            entries[target] = importlib.import_module(TARGETS[target]).export_target(request, tmp, stage)
+        stage("tokenizer")
+        tok_entry = bundle.copy_tokenizer(model_dir, tmp)
+        model = bundle.model_entry(config, model_dir.name, tokenizer)
+        stage("golden traces (transformers+peft fp32)")
+        golden_file = f"{GOLDEN_DIR}/traces.jsonl"
+        records = golden.write_golden(_reference_backend(model_dir, adapters_dir), tokenizer,
+                                      set(model["special_tokens"]["eos_ids"]), tmp / golden_file, golden_tokens)
+        stage("checksums and manifest")
+        manifest = {
+            "schema_version": bundle.SCHEMA_VERSION,
+            "memlora_version": __version__,
+            "model": model,
+            "tokenizer": tok_entry,
+            "prompts": {"source": "memlora.prompts", "templates": prompts.TEMPLATES},
+            "generation": {"decoding": "greedy", "trace_top_k": 5,
+                           "operations": golden.operation_settings(tuple(adapters))},
+            "adapters": [a.manifest_entry() for a in adapters.values()],
+            "targets": entries,
+            "golden": {"file": golden_file, "reference": "torch (transformers+peft, fp32)",
+                       "max_new_tokens": golden_tokens, "records": records},
+        }
+        return bundle.publish(tmp, out, manifest)
+
+
+def main(
+    model: Model = None,
+    adapters: Adapters = None,
+    target: Annotated[str, typer.Option("--target", help="onnx, executorch, coreml (comma-separated)")] = "onnx",
+    mode: Annotated[str, typer.Option("--mode", help="merged | separable adapters")] = "separable",
+    quant: Annotated[str, typer.Option("--quant", help="fp32 | int8 | int4 (base weights; LoRA stays float)")] = "fp32",
+    block_size: Annotated[int, typer.Option("--block-size", help="int4/int8 quantization block size")] = 32,
+    out: Annotated[Optional[Path], typer.Option("--out", help="bundle directory to write")] = None,
+    max_context: Annotated[int, typer.Option("--max-context", help="KV cache length of the exported model")] = 2048,
+) -> None:
+    """Export the model and its adapters into a bundle (manifest, tokenizer, artifacts, golden traces)."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from memlora.paths import default_model_dir
+    from memlora.session import default_adapters
+
+    model_dir = Path(model) if model else default_model_dir()
+    adapters_dir = adapters or default_adapters()
+    if adapters_dir is None:
+        raise MemloraError("no adapters: pass --adapters DIR (with extract/, mem_update/, answer/)")
+    if out is None:
+        raise MemloraError("pass --out DIR for the bundle")
+    targets = [t.strip() for t in target.split(",") if t.strip()]
+    with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn()) as progress:
+        current: list = []
+
+        def stage(name: str) -> None:
+            """Complete the previous stage's bar and start one for `name`."""
+            if current:
+                progress.update(current[-1], total=1, completed=1)
+            current.append(progress.add_task(name, total=None))
+
+        path = export_bundle(model_dir, adapters_dir, targets, mode, quant, block_size, out, max_context,
+                             stage=stage)
+        stage("done")
+        progress.update(current[-1], total=1, completed=1)
+    typer.echo(f"bundle written to {path}")

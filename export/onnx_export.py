@@ -1,0 +1,314 @@
+"""The ONNX target: the export-friendly decoder as an onnxruntime graph with an in-place KV cache.
+
+Why GroupQueryAttention: onnxruntime's ``com.microsoft::GroupQueryAttention`` writes new keys/values into a
+``past`` buffer of the full context length and, when ``past`` and ``present`` are bound to the same
+buffer (IO binding), does so in place -- a decode step copies no cache at all, where a plain
+past-in/present-out graph copies every layer's cache every step. RoPE stays in the decoder (gathered
+from its tables by ``position_ids``), so the graph computes exactly what the torch reference does.
+
+Graph interface (``max_context`` = C, per layer i)::
+
+    inputs   input_ids [1, T] int64, position_ids [1, T] int64, logits_index [N] int64,
+             seqlens_k [1] int32 (= start + T - 1), total_sequence_length [] int32 (= start + T),
+             past_key_values.{i}.key / .value [1, kv_heads, C, head_dim] float32,
+             lora inputs ``lora.<module>.a`` [r, in] / ``.b`` [out, r] (separable only; zero defaults)
+    outputs  logits [1, N, vocab] (the positions in logits_index), present.{i}.key / .value (same buffer)
+
+Modes: *separable* -- one base graph whose LoRA A/B are inputs with zero defaults, plus one
+``<adapter>.onnx_adapter`` per adapter for onnxruntime's LoRA API; *merged* -- one self-contained graph
+per adapter (``base.onnx`` plus ``<adapter>.onnx``) with the adapter baked in as constants. The adapter
+stays a float low-rank branch there too (not folded into W) so that quantization touches base weights
+only, in every precision, and one traced graph serves every adapter.
+
+Quantization (``MatMulNBits``, base MatMuls only, LoRA and embeddings stay float):
+- int4: 4-bit blocks of ``block_size`` along K, ``accuracy_level=4`` (int8 activations in the kernel).
+- int8: ALSO ``MatMulNBits`` (8-bit blocks, ``accuracy_level=4``) rather than ``quantize_dynamic``:
+  decode is memory-bound with one row of activations, and MatMulNBits is one fused kernel per matmul
+  reading int8 weights, while ``quantize_dynamic`` adds DynamicQuantizeLinear + MatMulInteger + Mul
+  (+ Add) nodes per matmul whose fixed per-node cost dominates at M=1 on small models.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from memlora.errors import MemloraError
+
+from .decoder import Decoder
+from .bundle import TargetRequest
+from .lora import Adapter, slot_tensors, unify_slots
+
+TARGET = "onnx"
+QUANTS = ("fp32", "int8", "int4")
+QUANT_BITS = {"int8": 8, "int4": 4}
+MODES = ("merged", "separable")
+OPSET = 18
+
+
+@torch.library.custom_op("memlora::gqa", mutates_args=())
+def gqa(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    past_k: torch.Tensor,
+    past_v: torch.Tensor,
+    seqlens_k: torch.Tensor,
+    total_len: torch.Tensor,
+    num_heads: int,
+    kv_heads: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Reference semantics of GroupQueryAttention with a shared buffer: q [1,T,H*D], k/v [1,T,KV*D]."""
+    b, t, _ = q.shape
+    d = past_k.shape[-1]
+    start = int(total_len) - t
+    present_k, present_v = past_k.clone(), past_v.clone()
+    present_k[:, :, start : start + t] = k.view(b, t, kv_heads, d).transpose(1, 2)
+    present_v[:, :, start : start + t] = v.view(b, t, kv_heads, d).transpose(1, 2)
+    groups = num_heads // kv_heads
+    keys = present_k[:, :, : start + t].repeat_interleave(groups, 1)
+    values = present_v[:, :, : start + t].repeat_interleave(groups, 1)
+    mask = torch.arange(start + t)[None, :] <= torch.arange(start, start + t)[:, None]
+    out = nn.functional.scaled_dot_product_attention(q.view(b, t, num_heads, d).transpose(1, 2), keys, values,
+                                                     attn_mask=mask)
+    return out.transpose(1, 2).reshape(b, t, num_heads * d), present_k, present_v
+
+
+@gqa.register_fake
+def _(q, k, v, past_k, past_v, seqlens_k, total_len, num_heads, kv_heads):
+    return torch.empty_like(q), torch.empty_like(past_k), torch.empty_like(past_v)
+
+
+def _register_gqa_schema() -> None:
+    """Declare the subset of onnxruntime's contrib-op schema the graph uses, so onnxscript can emit it."""
+    import onnx
+    from onnx.defs import OpSchema
+
+    if onnx.defs.has("GroupQueryAttention", "com.microsoft"):
+        return
+    param = OpSchema.FormalParameter
+    schema = OpSchema(
+        "GroupQueryAttention", "com.microsoft", 1,
+        inputs=[param("query", "T"), param("key", "T"), param("value", "T"), param("past_key", "T"),
+                param("past_value", "T"), param("seqlens_k", "M"), param("total_sequence_length", "M")],
+        outputs=[param("output", "T"), param("present_key", "T"), param("present_value", "T")],
+        type_constraints=[("T", ["tensor(float)"], ""), ("M", ["tensor(int32)"], "")],
+        attributes=[OpSchema.Attribute("num_heads", OpSchema.AttrType.INT, ""),
+                    OpSchema.Attribute("kv_num_heads", OpSchema.AttrType.INT, "")],
+    )
+    onnx.defs.register_schema(schema)
+
+
+def _gqa_onnx(q, k, v, past_k, past_v, seqlens_k, total_len, num_heads: int, kv_heads: int):
+    import onnxscript
+
+    _register_gqa_schema()
+    msft = onnxscript.values.Opset("com.microsoft", 1)
+    return msft.GroupQueryAttention(
+        q, k, v, past_k, past_v, seqlens_k, total_len, num_heads=num_heads, kv_num_heads=kv_heads
+    )
+
+
+class OnnxStep(nn.Module):
+    """The decoder with GroupQueryAttention over per-layer cache buffers; the module the graph is traced from."""
+
+    def __init__(self, decoder: Decoder):
+        super().__init__()
+        self.decoder = decoder
+
+    def forward(self, input_ids, position_ids, logits_index, seqlens_k, total_len, past: list[torch.Tensor]):
+        dec, c = self.decoder, self.decoder.config
+        cos, sin = dec.rope(position_ids[0])
+        present: list[torch.Tensor] = []
+
+        def attend(i: int, q, k, v):
+            b, t = q.shape[:2]
+            out, pk, pv = gqa(q.reshape(b, t, -1), k.reshape(b, t, -1), v.reshape(b, t, -1), past[2 * i],
+                              past[2 * i + 1], seqlens_k, total_len, c.num_heads, c.num_kv_heads)
+            present.extend((pk, pv))
+            return out
+
+        x, _ = dec.run_layers(dec.embed(input_ids), cos, sin, attend)
+        return (dec.head(x.index_select(1, logits_index)), *present)
+
+
+def cache_names(num_layers: int) -> tuple[list[str], list[str]]:
+    past = [f"past_key_values.{i}.{kv}" for i in range(num_layers) for kv in ("key", "value")]
+    return past, [p.replace("past_key_values", "present") for p in past]
+
+
+def lora_input_name(module: str, ab: str) -> str:
+    """Adapter-neutral name of a LoRA slot tensor, shared by the graph input and every `.onnx_adapter`."""
+    return f"lora.{module}.{ab}"
+
+
+def export_graph(decoder: Decoder):
+    """Trace `decoder` to an ONNX ModelProto; its LoRA slots become named graph inputs with zero defaults."""
+    import onnx_ir as ir
+    import onnxscript
+
+    c = decoder.config
+    past_names, present_names = cache_names(c.num_layers)
+    t = torch.export.Dim("T", min=1, max=c.max_context)
+    n = torch.export.Dim("N", min=1, max=c.max_context)
+    cache = torch.zeros(1, c.num_kv_heads, c.max_context, c.head_dim)
+    args = (
+        torch.zeros(1, 3, dtype=torch.int64),
+        torch.arange(3)[None],
+        torch.tensor([2]),
+        torch.tensor([2], dtype=torch.int32),
+        torch.tensor(3, dtype=torch.int32),
+        [cache.clone() for _ in past_names],
+    )
+    shapes = ({1: t}, {1: t}, {0: n}, None, None, [None for _ in past_names])
+    program = torch.onnx.export(
+        OnnxStep(decoder).eval(),
+        args,
+        dynamo=True,
+        optimize=False,  # the optimizer would fold LoRA slots into anonymous constants before we name them
+        verbose=False,
+        dynamic_shapes=shapes,
+        input_names=["input_ids", "position_ids", "logits_index", "seqlens_k", "total_sequence_length",
+                     *past_names],
+        output_names=["logits", *present_names],
+        custom_translation_table={torch.ops.memlora.gqa.default: _gqa_onnx},
+        opset_version=OPSET,
+    )
+    model = program.model
+    _name_lora(model, decoder)
+    # no size limits: every weight transpose (including the tied lm_head's) must fold into an initializer,
+    # or onnxruntime would transpose it at every step and quantization would skip that MatMul
+    onnxscript.optimizer.optimize(model, input_size_limit=1 << 40, output_size_limit=1 << 40)
+    return ir.to_proto(model)
+
+
+def _name_lora(model, decoder: Decoder) -> None:
+    """Rename LoRA initializers adapter-neutrally and list them as graph inputs (overridable defaults).
+
+    As inputs they also survive the optimizer, which would otherwise merge the identical zero slots."""
+    for module in decoder.lora_modules():
+        for ab in "ab":
+            value = model.graph.initializers.pop(f"decoder.{module}.lora_{ab}")
+            value.name = lora_input_name(module, ab)
+            model.graph.register_initializer(value)
+            model.graph.inputs.append(value)
+
+
+def quantize(model, quant: str, block_size: int):
+    """Quantize base-weight MatMuls to MatMulNBits (see the module docstring); LoRA MatMuls stay float."""
+    if quant == "fp32":
+        return model
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer, logger
+
+    logger.setLevel(logging.WARNING)  # it logs every node at INFO
+    lora = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.input[1].startswith("lora.")]
+    quantizer = MatMulNBitsQuantizer(
+        model, bits=QUANT_BITS[quant], block_size=block_size, is_symmetric=True, accuracy_level=4,
+        nodes_to_exclude=lora,
+    )
+    quantizer.process()
+    return quantizer.model.model
+
+
+def with_lora(model, decoder: Decoder, adapter: Adapter):
+    """A copy of `model` whose LoRA slots are constants holding `adapter` (no longer graph inputs)."""
+    import onnx
+    from onnx import numpy_helper
+
+    values = {lora_input_name(module, ab): t.contiguous().numpy()
+              for module, pair in slot_tensors(decoder, adapter).items() for ab, t in zip("ab", pair)}
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    for init in copy.graph.initializer:
+        if init.name in values:
+            init.CopyFrom(numpy_helper.from_array(values.pop(init.name), init.name))
+    if values:
+        raise MemloraError(f"exported graph has no LoRA slot {next(iter(values))}")
+    kept = [i for i in copy.graph.input if not i.name.startswith("lora.")]
+    del copy.graph.input[:]
+    copy.graph.input.extend(kept)
+    return copy
+
+
+def save_graph(model, path: Path) -> list[Path]:
+    """Write a graph with its weights in one external-data file next to it; returns both paths.
+
+    Saving moves the weights of `model` out to the file, so callers pass a model they no longer need."""
+    import onnx
+
+    data = path.with_name(path.name + ".data")
+    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=data.name, size_threshold=1024)
+    return [path, data]
+
+
+def write_adapter(decoder: Decoder, adapter: Adapter, path: Path) -> Path:
+    """One `.onnx_adapter` file: the slot tensors of `adapter` under the graph's LoRA input names."""
+    import onnxruntime as ort
+
+    fmt = ort.AdapterFormat()
+    fmt.set_adapter_version(1)
+    fmt.set_model_version(1)
+    # OrtValues alias the numpy memory: keep the arrays alive until the file is written
+    arrays = {lora_input_name(module, ab): t.contiguous().numpy()
+              for module, pair in slot_tensors(decoder, adapter).items() for ab, t in zip("ab", pair)}
+    fmt.set_parameters({name: ort.OrtValue.ortvalue_from_numpy(arr) for name, arr in arrays.items()})
+    fmt.export_adapter(str(path))
+    return path
+
+
+def quant_recipe(quant: str, block_size: int) -> dict:
+    if quant == "fp32":
+        return {"scheme": "fp32"}
+    return {"scheme": quant, "op": "com.microsoft::MatMulNBits", "bits": QUANT_BITS[quant], "block_size": block_size,
+            "symmetric": True, "accuracy_level": 4, "scope": "base MatMul weights; LoRA and embeddings stay float"}
+
+
+def export_target(req: TargetRequest, bundle_dir: Path, stage: Callable[[str], None] = lambda s: None) -> dict:
+    """Write the ONNX target into ``bundle_dir/onnx`` and return its manifest entry (paths relative to the
+    bundle)."""
+    if req.mode not in MODES or req.quant not in QUANTS:
+        raise MemloraError(f"ONNX export: mode must be one of {MODES} and quant one of {QUANTS}")
+    out_dir = bundle_dir / TARGET
+    out_dir.mkdir(parents=True, exist_ok=True)
+    graphs: dict[str, str] = {}
+    adapter_files: dict[str, str] = {}
+    files: list[Path] = []
+
+    def build(decoder: Decoder, name: str):
+        stage(f"onnx: export {name} graph")
+        model = export_graph(decoder)
+        stage(f"onnx: quantize {name} graph ({req.quant})")
+        return quantize(model, req.quant, req.block_size)
+
+    def emit(model, name: str) -> None:
+        files.extend(save_graph(model, out_dir / f"{name}.onnx"))
+        graphs[name] = f"{TARGET}/{name}.onnx"
+
+    slotted = Decoder.from_pretrained(req.model_dir, req.max_context, unify_slots(req.adapters.values()))
+    if req.mode == "separable":
+        emit(build(slotted, "base"), "base")
+        for name, adapter in req.adapters.items():
+            stage(f"onnx: adapter {name}")
+            files.append(write_adapter(slotted, adapter, out_dir / f"{name}.onnx_adapter"))
+            adapter_files[name] = f"{TARGET}/{name}.onnx_adapter"
+    else:
+        emit(build(Decoder.from_pretrained(req.model_dir, req.max_context), "base"), "base")
+        # one traced and quantized graph, copied per adapter with its LoRA constants filled in: the adapter
+        # stays a float low-rank branch (quantization touches base weights only) and tracing runs once
+        template = build(slotted, "adapter")
+        for name, adapter in req.adapters.items():
+            stage(f"onnx: graph for {name}")
+            emit(with_lora(template, slotted, adapter), name)
+    return {
+        "mode": req.mode,
+        "quantization": quant_recipe(req.quant, req.block_size),
+        "max_context": req.max_context,
+        "graphs": graphs,
+        "adapter_files": adapter_files,
+        "files": sorted(f.relative_to(bundle_dir).as_posix() for f in files),
+    }

@@ -1,0 +1,134 @@
+"""onnxruntime backend: the ONNX target of a bundle behind the `memlora.backend.Backend` interface.
+
+The KV cache is one pair of full-context OrtValues per layer, owned by the backend and bound with IO
+binding as both ``past`` input and ``present`` output of every call, so GroupQueryAttention writes new
+entries in place and a decode step copies no cache. The active adapter is chosen per call: in separable
+mode one session and one IO binding per adapter with that ``.onnx_adapter``'s parameters bound (switching
+costs nothing); in merged mode one session per adapter graph. All share the same cache buffers.
+
+Entry points: ``from_bundle(bundle_dir)`` (the registry's constructor) and ``OnnxBackend(...)``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from memlora.errors import MemloraError
+
+THREADS = 2
+
+
+def session_options(threads: int = THREADS):
+    """Two intra-op threads without spinning: on a 2-core phone-class CPU spinning threads steal the core
+    the other thread needs, which made decode speed flip between runs."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3  # LoRA initializers listed as inputs are intended; don't warn about them
+    return opts
+
+
+class OnnxBackend:
+    """Runs ONNX decoder graphs exported by `memlora.export.onnx_export` with an in-place KV cache."""
+
+    name = "onnx"
+
+    def __init__(
+        self,
+        graphs: dict[str | None, Path],
+        adapter_files: dict[str, Path] | None = None,
+        threads: int = THREADS,
+    ):
+        """`graphs` maps an adapter name (``None`` = base) to a graph; `adapter_files` maps adapter names to
+        ``.onnx_adapter`` files applied on the base graph (separable mode)."""
+        import onnxruntime as ort
+
+        self._ort = ort
+        opts = session_options(threads)
+        sessions = {}
+        for key, path in graphs.items():
+            try:
+                sessions[key] = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+            except Exception as e:  # onnxruntime raises its own exception types for unreadable graphs
+                raise MemloraError(f"{path}: onnxruntime cannot load this graph ({e})") from e
+        first = next(iter(sessions.values()))
+        self._past = [i.name for i in first.get_inputs() if i.name.startswith("past_key_values.")]
+        if not self._past:
+            raise MemloraError(f"{next(iter(graphs.values()))}: graph has no past_key_values inputs")
+        shape = next(i.shape for i in first.get_inputs() if i.name == self._past[0])
+        self.max_context = int(shape[2])
+        self._vocab = int(first.get_outputs()[0].shape[-1])
+        self._cache = [ort.OrtValue.ortvalue_from_numpy(np.zeros(shape, np.float32)) for _ in self._past]
+        self._step_logits = ort.OrtValue.ortvalue_from_numpy(np.zeros((1, 1, self._vocab), np.float32))
+        # one IO binding per adapter, all over the same cache buffers: switching adapters rebinds nothing
+        self._runs = {key: (sess, self._bind(sess, {})) for key, sess in sessions.items()}
+        for adapter, path in (adapter_files or {}).items():
+            if None not in sessions:
+                raise MemloraError(f"{path}: a LoRA adapter file needs a base graph")
+            self._runs[adapter] = (sessions[None], self._bind(sessions[None], read_adapter(path)))
+        self.adapters = tuple(k for k in self._runs if k is not None)
+
+    def _bind(self, session, params: dict):
+        """A binding with the cache as past input and present output (one buffer), plus LoRA parameters.
+
+        The parameters of an ``.onnx_adapter`` are bound as inputs: ``run_with_iobinding`` does not apply
+        ``RunOptions.add_active_adapter`` (only ``run`` does), and binding them is the same feed."""
+        binding = session.io_binding()
+        for name, value in zip(self._past, self._cache):
+            binding.bind_ortvalue_input(name, value)
+            binding.bind_ortvalue_output(name.replace("past_key_values", "present"), value)
+        for name, value in params.items():
+            binding.bind_ortvalue_input(name, value)
+        return binding
+
+    def reset(self) -> None:
+        """Nothing to clear: positions >= start are overwritten and later positions are masked out."""
+
+    def forward(self, tokens: list[int], start: int, adapter: str | None, all_logits: bool = False) -> np.ndarray:
+        if adapter not in self._runs:
+            raise MemloraError(f"adapter {adapter!r} is not in this ONNX bundle (has {self.adapters})")
+        n = len(tokens)
+        if start + n > self.max_context:
+            raise MemloraError(f"positions up to {start + n} exceed the context of {self.max_context}")
+        session, binding = self._runs[adapter]
+        binding.bind_cpu_input("input_ids", np.asarray([tokens], np.int64))
+        binding.bind_cpu_input("position_ids", np.arange(start, start + n, dtype=np.int64)[None])
+        index = np.arange(n, dtype=np.int64) if all_logits else np.array([n - 1], np.int64)
+        binding.bind_cpu_input("logits_index", index)
+        binding.bind_cpu_input("seqlens_k", np.array([start + n - 1], np.int32))
+        binding.bind_cpu_input("total_sequence_length", np.array(start + n, np.int32))
+        logits = self._step_logits  # reused by every decode step; other sizes get a fresh buffer
+        if len(index) != 1:
+            logits = self._ort.OrtValue.ortvalue_from_shape_and_type((1, len(index), self._vocab), np.float32)
+        binding.bind_ortvalue_output("logits", logits)
+        session.run_with_iobinding(binding)
+        return logits.numpy()[0].copy()  # the step buffer is reused by the next call
+
+
+def read_adapter(path: Path) -> dict:
+    """The named parameters of an ``.onnx_adapter`` file, as OrtValues."""
+    import onnxruntime as ort
+
+    try:
+        return dict(ort.AdapterFormat.read_adapter(str(path)).get_parameters())
+    except Exception as e:  # onnxruntime raises RuntimeError subclasses of its own
+        raise MemloraError(f"{path}: onnxruntime cannot read this LoRA adapter ({e})") from e
+
+
+def from_bundle(bundle_dir: Path, threads: int = THREADS) -> OnnxBackend:
+    """Open the ONNX target of a bundle (checksums and schema verified) as a Backend."""
+    from memlora.export.bundle import load_bundle
+
+    bundle = load_bundle(Path(bundle_dir))
+    target = bundle.target("onnx")
+    root = bundle.path
+    graphs = {(None if k == "base" else k): root / f for k, f in target["graphs"].items()}
+    adapters = {k: root / f for k, f in target.get("adapter_files", {}).items()}
+    return OnnxBackend(graphs, adapters, threads)
