@@ -18,6 +18,7 @@ VERBS = {
     "ingest": "memlora.ingest",
     "ask": "memlora.ask",
     "memories": "memlora.memories",
+    "distill": "memlora.distill.command",
 }
 
 

@@ -10,18 +10,22 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from . import options
-from .conversations import exchanges, load_conversation, parse_range
+from .conversations import Conversation, exchanges, load_conversation, parse_range
 from .pipeline import MemoryPipeline
+from .prompts import Turn
 
 
-def ingest(pipeline: MemoryPipeline, path: Path, sessions: str | None = None, window: int = 4, progress: bool = True) -> dict[str, int]:
-    """Ingest `path` exchange by exchange; exchanges already in the store are skipped (resumable)."""
-    conv = load_conversation(path)
-    todo = exchanges(conv, parse_range(sessions, [s.number for s in conv.sessions]), window)
+def plan(conv: Conversation, sessions: str | None = None, window: int = 4) -> list[tuple[str, list[Turn]]]:
+    """The exchanges to ingest: windows of `window` turns of the chosen sessions."""
+    return exchanges(conv, parse_range(sessions, [s.number for s in conv.sessions]), window)
+
+
+def ingest(pipeline: MemoryPipeline, todo: list[tuple[str, list[Turn]]], label: str = "ingest", progress: bool = True) -> dict[str, int]:
+    """Ingest exchange by exchange; exchanges already in the store are skipped (resumable)."""
     counts: dict[str, int] = {}
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   disable=not progress, transient=False) as bar:
-        task = bar.add_task(f"ingest {conv.id}", total=len(todo))
+        task = bar.add_task(label, total=len(todo))
         for key, turns in todo:
             result = pipeline.ingest(key, turns)
             counts[result.status] = counts.get(result.status, 0) + 1
@@ -44,8 +48,10 @@ def main(
     """Ingest a conversation into the memory store."""
     from .session import open_pipeline
 
+    conv = load_conversation(file)  # bad input fails before any model loads
+    todo = plan(conv, sessions, window)
     pipeline = open_pipeline(options.store_path(store), backend, bundle, model, adapters, no_adapters, trace)
-    counts = ingest(pipeline, file, sessions, window)
+    counts = ingest(pipeline, todo, f"ingest {conv.id}")
     n = len(pipeline.store.memories())
     Console().print(
         f"exchanges: {', '.join(f'{v} {k}' for k, v in sorted(counts.items()))}; "

@@ -17,3 +17,42 @@ def tiny_model(tmp_path_factory):
 def tiny_adapters(tiny_model, tmp_path_factory):
     """Three random LoRA adapters (extract, mem_update, answer) for `tiny_model`."""
     return tiny.build_adapters(tiny_model, tmp_path_factory.mktemp("tiny-adapters"))
+
+
+@pytest.fixture(scope="session")
+def taught_adapters(tiny_model, tmp_path_factory):
+    """Adapters trained so the tiny model performs the scripted conversation of tests/script.py."""
+    from transformers import AutoTokenizer
+
+    from tests import script
+
+    out = tmp_path_factory.mktemp("taught-adapters")
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    for op, examples in script.lessons(tok).items():
+        tiny.teach_adapter(tiny_model, out / op, examples, steps=150)
+    return out
+
+
+@pytest.fixture(scope="session")
+def embedder():
+    from memlora.embed import Embedder
+
+    return Embedder()
+
+
+@pytest.fixture(scope="session")
+def onnx_bundle(tiny_model, taught_adapters, tmp_path_factory):
+    """A separable fp32 ONNX bundle of the taught adapters, written through the `memlora export` verb."""
+    import typer
+    from typer.testing import CliRunner
+
+    from memlora.export.command import main
+
+    app = typer.Typer()
+    app.command()(main)
+    out = tmp_path_factory.mktemp("bundles") / "tiny-onnx"
+    args = ["--model", str(tiny_model), "--adapters", str(taught_adapters), "--target", "onnx",
+            "--mode", "separable", "--quant", "fp32", "--max-context", "1024", "--out", str(out)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    return out

@@ -118,3 +118,35 @@ def build_adapters(base_dir: Path, out_dir: Path, names=("extract", "mem_update"
     for i, name in enumerate(names):
         build_adapter(base_dir, Path(out_dir) / name, seed=100 + i, **kw)
     return Path(out_dir)
+
+
+def teach_adapter(
+    base_dir: Path, out: Path, examples: list[tuple[list[int], list[int]]], steps: int = 200, rank: int = 8, seed: int = 0
+) -> Path:
+    """Train a LoRA adapter until the tiny model reproduces `target_ids` after each `prompt_ids` greedily.
+
+    This gives the pipeline tests a real model that emits well-formed memory operations, so they exercise
+    ids, updates and history on genuine generations rather than on canned strings.
+    """
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    model = get_peft_model(model, LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0,
+                                              target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    batches = []
+    for prompt, target in examples:
+        ids = torch.tensor([prompt + target])
+        labels = ids.clone()
+        labels[0, : len(prompt)] = -100
+        batches.append((ids, labels))
+    for step in range(steps):
+        ids, labels = batches[step % len(batches)]
+        loss = model(input_ids=ids, labels=labels).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.save_pretrained(out)
+    return Path(out)
