@@ -38,3 +38,7 @@ def _friendly(fn):
 
 for _verb, _module in VERBS.items():
     app.command(_verb)(_friendly(importlib.import_module(_module).main))
+
+eval_app = typer.Typer(no_args_is_help=True, help="Score the memory pipeline on a benchmark.")
+eval_app.command("locomo")(_friendly(importlib.import_module("memlora.eval_locomo").main))
+app.add_typer(eval_app, name="eval")

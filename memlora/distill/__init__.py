@@ -1,0 +1,1 @@
+"""Distillation of the expert adapters: teacher examples -> LoRA training -> nested-validation choice."""
