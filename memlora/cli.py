@@ -4,11 +4,20 @@ from __future__ import annotations
 
 import functools
 import importlib
+import logging
+import os
 import sys
 
 import typer
 
 from .errors import MemloraError
+
+# Optional torchao kernels (CUDA, mxfp8) and torch's pytree deprecations log warnings at import that say
+# nothing about the user's work; weight-loading progress bars from transformers likewise.
+for _name in ("torchao", "torch.utils._pytree"):
+    logging.getLogger(_name).setLevel(logging.ERROR)
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="Memory-augmented small LMs with LoRA expert adapters, exported to phones and parity-checked.")
@@ -19,6 +28,7 @@ VERBS = {
     "ask": "memlora.ask",
     "memories": "memlora.memories",
     "distill": "memlora.distill.command",
+    "demo": "memlora.demo",
 }
 
 
