@@ -56,3 +56,27 @@ def onnx_bundle(tiny_model, taught_adapters, tmp_path_factory):
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output + repr(result.exception)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_locomo(tmp_path_factory):
+    """A LoCoMo-format folder with two small conversations (conv-1, conv-2) built on tests/script.py."""
+    import json
+
+    from tests import script
+
+    out = tmp_path_factory.mktemp("locomo")
+    conv = {"speaker_a": "Caroline", "speaker_b": "Melanie"}
+    for n, (_, turns) in enumerate(script.EXCHANGES, 1):
+        conv[f"session_{n}_date_time"] = "1:56 pm on 8 May, 2023"
+        conv[f"session_{n}"] = [{"speaker": t.speaker, "dia_id": f"D{n}:{k}", "text": t.text} for k, t in enumerate(turns, 1)]
+    conv["session_1_observation"] = {"Caroline": [[script.FACT1, "D1:1"]], "Melanie": []}
+    conv["session_2_observation"] = {"Caroline": [[script.FACT2, "D2:1"]]}
+    conv["qa"] = [
+        {"question": script.QUESTION, "answer": script.ANSWER, "evidence": ["D2:1"], "category": 4},
+        {"question": "When did Caroline go to a support group?", "answer": "7 May 2023", "evidence": ["D1:1"], "category": 2},
+        {"question": "What is Melanie's job?", "adversarial_answer": "Nurse", "evidence": ["D1:2"], "category": 5},
+    ]
+    for cid in ("conv-1", "conv-2"):
+        (out / f"{cid}.json").write_text(json.dumps(conv))
+    return out
