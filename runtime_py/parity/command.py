@@ -1,0 +1,49 @@
+"""`memlora parity`: judge a bundle's targets against the references; exit 0 only when every target passes."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from memlora.errors import MemloraError
+from memlora.options import Adapters, Bundle, Model
+
+
+def main(
+    bundle: Bundle = None,
+    targets: Annotated[Optional[str], typer.Option("--targets", help="comma-separated targets [default: every target in the bundle]")] = None,
+    model: Model = None,
+    adapters: Adapters = None,
+    trace: Annotated[Optional[Path], typer.Option("--trace", help="a device trace (JSONL, schemas/trace.schema.json) to check against the reference")] = None,
+    thresholds: Annotated[Optional[Path], typer.Option("--thresholds", help="JSON thresholds merged over the defaults (per precision, per target)")] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="write the JSON report here")] = None,
+    html_out: Annotated[Optional[Path], typer.Option("--html", help="write the self-contained HTML report here")] = None,
+    quick: Annotated[bool, typer.Option("--quick", help="a smaller golden set and a shorter conversation")] = False,
+) -> None:
+    """Check every exported target at tensor, token, task and device-trace level; exit 1 if any fails."""
+    from memlora.paths import default_model_dir
+    from memlora.session import default_adapters
+
+    from .html import write_html
+    from .report import table, write_json
+    from .run import run_parity
+    from .thresholds import load_thresholds
+
+    if bundle is None:
+        raise MemloraError("pass --bundle DIR (a bundle written by `memlora export`)")
+    model_dir = Path(model) if model else default_model_dir()
+    adapters_dir = adapters or default_adapters()
+    if adapters_dir is None:
+        raise MemloraError("no adapters: pass --adapters DIR (the adapters the bundle was exported from)")
+    names = None if targets is None else [t.strip() for t in targets.split(",") if t.strip()]
+    report = run_parity(Path(bundle), model_dir, Path(adapters_dir), names, thresholds=load_thresholds(thresholds),
+                        trace=trace, quick=quick, progress=lambda msg: typer.echo(f"  {msg}", err=True))
+    if json_out:
+        write_json(report, json_out)
+    if html_out:
+        write_html(report, html_out)
+    typer.echo(table(report))
+    sys.exit(0 if report["passed"] else 1)
