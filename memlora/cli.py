@@ -29,6 +29,7 @@ VERBS = {
     "memories": "memlora.memories",
     "distill": "memlora.distill.command",
     "demo": "memlora.demo",
+    "parity": "memlora.runtime.parity.command",
 }
 
 
