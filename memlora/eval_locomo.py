@@ -246,7 +246,8 @@ def main(
         torch.set_num_threads(threads)
     work = work or json_out.with_name(json_out.name + ".work")
     ids = [c.strip() for c in conversations.split(",") if c.strip()]
-    pipeline = open_pipeline(work / "unused.sqlite", backend, bundle, model, adapters, no_adapters)
+    work.mkdir(parents=True, exist_ok=True)
+    pipeline = open_pipeline(work / f"{ids[0]}.sqlite", backend, bundle, model, adapters, no_adapters)
     report = evaluate(pipeline, locomo_dir(data), ids, sessions, work, update_examples)
     report.update(backend=backend, adapters=not no_adapters and bool(pipeline.backend.adapters))
     tmp = json_out.with_name(json_out.name + ".tmp")

@@ -46,11 +46,10 @@ def main(
     train_convs: Annotated[str, typer.Option("--train-convs", help="LoCoMo conversations to train on (outer split)")] = TRAIN_CONVERSATIONS,
     val_convs: Annotated[str, typer.Option("--val-convs", help="conversations (or JSONL groups) for the inner validation split")] = VAL_CONVERSATIONS,
     ranks: Annotated[str, typer.Option("--ranks", help="LoRA ranks to try")] = "8,16",
-    lrs: Annotated[str, typer.Option("--lrs", help="learning rates to try")] = "2e-4,1e-3",
-    max_epochs: Annotated[int, typer.Option("--max-epochs", min=1, help="epochs scored on validation per grid point")] = 3,
-    search_examples: Annotated[int, typer.Option(min=1, help="inner-train examples per grid point")] = 64,
-    val_examples: Annotated[int, typer.Option(min=1, help="validation examples")] = 32,
-    final_examples: Annotated[int, typer.Option(min=1, help="examples for the final adapter")] = 400,
+    lrs: Annotated[str, typer.Option("--lrs", help="learning rates to try")] = "1e-3,3e-3",
+    max_epochs: Annotated[int, typer.Option("--max-epochs", min=1, help="epochs scored on validation per grid point")] = 2,
+    train_examples: Annotated[int, typer.Option(min=1, help="inner-train examples (a random subset if there are more)")] = 48,
+    val_examples: Annotated[int, typer.Option(min=1, help="validation examples")] = 16,
     max_len: Annotated[int, typer.Option(min=16, help="longest example in tokens (longer ones are dropped)")] = 768,
     batch_size: Annotated[int, typer.Option(min=1)] = 4,
     bf16: Annotated[bool, typer.Option("--bf16/--no-bf16", help="bf16 autocast (faster on CPUs with bf16 matmuls)")] = True,
@@ -77,7 +76,7 @@ def main(
     examples = load_examples(op, teacher, data, [c.strip() for c in train_convs.split(",") if c.strip()])
     console.print(f"{op}: {len(examples)} teacher examples from {teacher}")
     grid = Grid(tuple(int(r) for r in _floats(ranks, "--ranks")), _floats(lrs, "--lrs"), max_epochs,
-                search_examples, val_examples, final_examples, max_len)
+                train_examples, val_examples, max_len)
     record = distill(op, examples, {c.strip() for c in val_convs.split(",")}, model, load_tokenizer(model), out, grid,
                      TrainConfig(batch_size=batch_size, bf16=bf16, seed=seed), log=console.print)
     c = record["choice"]

@@ -146,8 +146,10 @@ def train(
     val_data: list[Encoded] | None = None,
     out_dir: Path | None = None,
     log=print,
+    on_epoch=None,
 ) -> tuple[object, TrainResult]:
-    """Train a LoRA adapter; report validation loss after every epoch; save to `out_dir` when given."""
+    """Train a LoRA adapter; report validation loss after every epoch (to `on_epoch(model, epoch, val_loss)`
+    too, e.g. to keep the best checkpoint); save the last state to `out_dir` when given."""
     from accelerate import Accelerator
 
     if not train_data:
@@ -187,6 +189,8 @@ def train(
         log(f"  epoch {epoch + 1}: train loss {result.train_loss_per_epoch[-1]:.4f}"
             + (f", val loss {result.val_loss_per_epoch[-1]:.4f}" if val else "")
             + f" ({time.time() - start:.0f} s, {result.tokens / (time.time() - start):.0f} tok/s)")
+        if on_epoch is not None and val:
+            on_epoch(accelerator.unwrap_model(model), epoch + 1, result.val_loss_per_epoch[-1])
     result.seconds = time.time() - start
     model = accelerator.unwrap_model(model)
     if out_dir is not None:
