@@ -76,8 +76,8 @@ class BlobFile:
     def _fail(self, offset: int, problem: str) -> MemloraError:
         return MemloraError(f"{self.path}: corrupt weight blob at offset {offset}: {problem}")
 
-    def read(self, offset: int, count: int) -> np.ndarray:
-        """The flat blob at metadata `offset` holding `count` elements (int8/uint8 for sub-byte types)."""
+    def span(self, offset: int) -> tuple[int, int, int]:
+        """(data type code, size in bytes, data offset) of the blob whose metadata is at `offset`."""
         if offset < 64 or offset + METADATA.size > self.data.size:
             raise self._fail(offset, f"metadata lies outside the file of {self.data.size} bytes")
         sentinel, dtype_code, size, data_offset = METADATA.unpack_from(self.data, offset)
@@ -85,6 +85,11 @@ class BlobFile:
             raise self._fail(offset, f"bad sentinel 0x{sentinel:08X} (expected 0xDEADBEEF)")
         if data_offset + size > self.data.size:
             raise self._fail(offset, f"data [{data_offset}, {data_offset + size}) runs past the end of the file")
+        return dtype_code, size, data_offset
+
+    def read(self, offset: int, count: int) -> np.ndarray:
+        """The flat blob at metadata `offset` holding `count` elements (int8/uint8 for sub-byte types)."""
+        dtype_code, size, data_offset = self.span(offset)
         raw = self.data[data_offset : data_offset + size]
         if dtype_code in BYTE_TYPES:
             dtype = BYTE_TYPES[dtype_code]

@@ -382,6 +382,7 @@ def shape(x):
 @register("concat", exact=True)
 def concat(values, axis, interleave=False):
     axis = int(axis)
+    values = [np.atleast_1d(v) for v in values]  # MIL concatenates scalars (shape arithmetic) as 1-vectors
     if not interleave:
         return np.concatenate(values, axis=axis)
     stacked = np.stack(values, axis=axis + 1 if axis >= 0 else axis)

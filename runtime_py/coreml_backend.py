@@ -1,0 +1,139 @@
+"""Core ML backend: the Core ML target of a bundle behind the `memlora.backend.Backend` interface.
+
+The bundle holds one multifunction mlprogram (``coreml/model.mlpackage``, see `memlora.export.coreml_export`)
+with a function per adapter and a stateful KV cache. Two engines run it:
+
+- ``coreml``: `coremltools.models.MLModel(..., function_name=...)` with ``make_state`` / ``predict`` --
+  the real Core ML runtime, macOS 15+ only.
+- ``interpreter``: `memlora.runtime.mil_interpreter`, which executes the same saved program with numpy in
+  the precision it declares -- how the model's numbers are checked on Linux.
+
+The default is ``coreml`` on macOS and ``interpreter`` elsewhere. The cache position of a call is given to
+the program by the shape of its causal mask (``[1, 1, T, start + T]``).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from memlora.errors import MemloraError
+
+ENGINES = ("interpreter", "coreml")
+
+
+def default_engine() -> str:
+    return "coreml" if sys.platform == "darwin" else "interpreter"
+
+
+def causal_mask(start: int, count: int) -> np.ndarray:
+    """fp16 additive mask for `count` queries at positions ``start..``: [1, 1, count, start + count]."""
+    key = np.arange(start + count)[None, :]
+    query = np.arange(start, start + count)[:, None]
+    return np.where(key <= query, 0.0, -np.inf).astype(np.float16)[None, None]
+
+
+class _InterpreterEngine:
+    """All functions share one set of cache states (same names and shapes), so switching adapters keeps the
+    cache, exactly like a single model whose weights change."""
+
+    def __init__(self, package: Path):
+        from .mil_interpreter import MILModel
+
+        self.model = MILModel(package)
+        self.state = None
+
+    def reset(self, function: str) -> None:
+        self.state = self.model.make_state(function)
+
+    def predict(self, function: str, inputs: dict) -> np.ndarray:
+        if self.state is None:
+            self.reset(function)
+        return self.model.predict(inputs, self.state, function)["logits"]
+
+
+class _CoreMLEngine:
+    """One loaded model and one MLState per function; Core ML states belong to the function that made them."""
+
+    def __init__(self, package: Path):
+        self.package = package
+        self.models: dict = {}
+        self.states: dict = {}
+
+    def _model(self, function: str):
+        if function not in self.models:
+            import coremltools as ct
+
+            self.models[function] = ct.models.MLModel(
+                str(self.package), function_name=function, compute_units=ct.ComputeUnit.CPU_AND_NE
+            )
+        return self.models[function]
+
+    def reset(self, function: str) -> None:
+        self.states = {function: self._model(function).make_state()}
+
+    def predict(self, function: str, inputs: dict) -> np.ndarray:
+        if function not in self.states:
+            if self.states:
+                raise MemloraError(
+                    f"{self.package}: Core ML cache states belong to one function; switch adapters only at "
+                    "the start of a sequence (start=0)"
+                )
+            self.reset(function)
+        return self._model(function).predict(inputs, state=self.states[function])["logits"]
+
+
+class CoreMLBackend:
+    """Runs a multifunction Core ML decoder exported by `memlora.export.coreml_export`."""
+
+    name = "coreml"
+
+    def __init__(self, package: Path, functions: dict[str | None, str], max_context: int, engine: str | None = None):
+        """`functions` maps an adapter name (``None`` = base model) to its function in the package."""
+        self.package = Path(package)
+        self.functions = functions
+        self.adapters = tuple(k for k in functions if k is not None)
+        self.max_context = max_context
+        self.engine_name = engine or default_engine()
+        if self.engine_name not in ENGINES:
+            raise MemloraError(f"unknown Core ML engine {self.engine_name!r}; choose one of {ENGINES}")
+        if not self.package.is_dir():
+            raise MemloraError(f"{self.package}: Core ML package is missing")
+        self.engine = (_CoreMLEngine if self.engine_name == "coreml" else _InterpreterEngine)(self.package)
+        self._last: str | None = None
+
+    def _function(self, adapter: str | None) -> str:
+        if adapter not in self.functions:
+            have = ", ".join(a for a in self.adapters) or "none"
+            raise MemloraError(f"{self.package}: no function for adapter {adapter!r} (adapters: {have})")
+        return self.functions[adapter]
+
+    def reset(self) -> None:
+        if self._last is not None:
+            self.engine.reset(self._last)
+
+    def forward(self, tokens: list[int], start: int, adapter: str | None, all_logits: bool = False) -> np.ndarray:
+        function = self._function(adapter)
+        count = len(tokens)
+        if count == 0 or start < 0 or start + count > self.max_context:
+            raise MemloraError(
+                f"{self.package}: positions {start}..{start + count - 1} do not fit the context of {self.max_context}"
+            )
+        if start == 0 and function != self._last:
+            self.engine.reset(function)
+        self._last = function
+        inputs = {"input_ids": np.asarray([tokens], dtype=np.int32), "causal_mask": causal_mask(start, count)}
+        logits = np.asarray(self.engine.predict(function, inputs), dtype=np.float32)[0]
+        return logits if all_logits else logits[-1:]
+
+
+def from_bundle(bundle_dir: Path, engine: str | None = None) -> CoreMLBackend:
+    """Open the Core ML target of a bundle (checksums and schema verified) as a Backend."""
+    from memlora.export.bundle import load_bundle
+
+    bundle = load_bundle(Path(bundle_dir))
+    target = bundle.target("coreml")
+    functions = {(None if k == "base" else k): v for k, v in target["functions"].items()}
+    return CoreMLBackend(bundle.path / target["graphs"]["base"], functions, target["max_context"], engine)
