@@ -36,7 +36,9 @@ Building blocks for other cache layouts (the ONNX target uses onnxruntime's Grou
     x, hidden = decoder.run_layers(x, cos, sin, attend)   # attend(layer, q, k, v) -> [1, T, heads*head_dim]
     logits = decoder.head(x)
 
-``attend`` receives ``q [1, T, heads, head_dim]`` and ``k, v [1, T, kv_heads, head_dim]`` after RoPE.
+``attend`` receives ``q [1, T, heads, head_dim]`` and ``k, v [1, T, kv_heads, head_dim]`` after RoPE, or
+before it when ``cos, sin = None, None`` (for fused attention kernels that apply RoPE from the decoder's
+tables ``rope_cos`` / ``rope_sin`` ``[max_context, head_dim]`` themselves).
 """
 
 from __future__ import annotations
@@ -176,10 +178,11 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps))
+        # one op for exporters that have it (ONNX RMSNormalization); torch.export decomposes it
+        return nn.functional.rms_norm(x, self.weight.shape, self.weight, self.eps)
 
 
-def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """RoPE in the HF convention (rotate halves); x [1, T, heads, D], cos/sin [T, D]."""
     half = x.shape[-1] // 2
     rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
@@ -200,13 +203,16 @@ class Attention(nn.Module):
         self.register_buffer("k_cache", torch.zeros(shape), persistent=False)
         self.register_buffer("v_cache", torch.zeros(shape), persistent=False)
 
-    def qkv(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
-        """Projections and RoPE: q [1, T, heads, D], k/v [1, T, kv_heads, D]."""
+    def qkv(self, x: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | None):
+        """Projections and RoPE: q [1, T, heads, D], k/v [1, T, kv_heads, D]; no RoPE if `cos` is None
+        (for attention kernels that rotate q and k themselves)."""
         b, t, _ = x.shape
         q = self.q_proj(x).view(b, t, self.c.num_heads, self.c.head_dim)
         k = self.k_proj(x).view(b, t, self.c.num_kv_heads, self.c.head_dim)
         v = self.v_proj(x).view(b, t, self.c.num_kv_heads, self.c.head_dim)
-        return _rotate(q, cos, sin), _rotate(k, cos, sin), v
+        if cos is None:
+            return q, k, v
+        return rotate(q, cos, sin), rotate(k, cos, sin), v
 
     def attend_static(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, input_pos: torch.Tensor):
         """Write k/v into the static cache at `input_pos`, attend over every cached position <= the query's."""
@@ -349,7 +355,7 @@ class Decoder(nn.Module):
         return self.rope_cos[input_pos], self.rope_sin[input_pos]
 
     def run_layers(
-        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attend: Attend
+        self, x: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | None, attend: Attend
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """All layers with the caller's attention; returns the last hidden state and every layer's output."""
         hidden = [x]

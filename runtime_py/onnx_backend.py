@@ -99,7 +99,6 @@ class OnnxBackend:
             raise MemloraError(f"positions up to {start + n} exceed the context of {self.max_context}")
         session, binding = self._runs[adapter]
         binding.bind_cpu_input("input_ids", np.asarray([tokens], np.int64))
-        binding.bind_cpu_input("position_ids", np.arange(start, start + n, dtype=np.int64)[None])
         index = np.arange(n, dtype=np.int64) if all_logits else np.array([n - 1], np.int64)
         binding.bind_cpu_input("logits_index", index)
         binding.bind_cpu_input("seqlens_k", np.array([start + n - 1], np.int32))
