@@ -293,7 +293,7 @@ class MILModel:
                 self._fold(op.type, impl, const_args, outs, coercers, consts, where)
                 continue
             bound = {p: self._bind(v) for p, v in const_args.items()}
-            if op.type == "slice_update" and self._updates_state_in_place(op, producer, consumers):
+            if op.type == "slice_update" and self._updates_state_in_place(op, producer, consumers, block.operations[:index]):
                 impl = slice_update_into
             steps.append(_step(impl, bound, var_args, [n for n, _ in outs], coercers))
             where_list.append(where)
@@ -328,9 +328,10 @@ class MILModel:
             consts[name] = Const(key + (i,), lambda k=key, i=i: self._cache[k][i])
 
     @staticmethod
-    def _updates_state_in_place(op, producer, consumers) -> bool:
-        """True for the KV-cache pattern read_state -> slice_update -> write_state on one state,
-        where the read value has no other use: then the update may write into the state's array."""
+    def _updates_state_in_place(op, producer, consumers, earlier) -> bool:
+        """True for the KV-cache pattern read_state -> slice_update -> write_state on one state, where the
+        read value has no other use and no other earlier read of that state exists (whose users might run
+        later and must see the old value): then the update may write into the state's array."""
         x = op.inputs["x"].arguments[0]
         if x.WhichOneof("binding") != "name" or len(consumers.get(x.name, [])) != 1:
             return False
@@ -338,6 +339,10 @@ class MILModel:
         if source is None or source.type != "read_state":
             return False
         state_name = source.inputs["input"].arguments[0].name
+        for other in earlier:
+            if other.type == "read_state" and other.inputs["input"].arguments[0].name == state_name:
+                if other.outputs[0].name != x.name:
+                    return False
         for user, param in consumers.get(op.outputs[0].name, []):
             if user is not None and user.type == "write_state" and param == "data":
                 if user.inputs["input"].arguments[0].name == state_name:

@@ -244,7 +244,8 @@ def linear_activation(x, alpha=1.0, beta=0.0):
 
 @register("linear")
 def linear(x, weight, bias=None):
-    y = x @ weight.T
+    # one 2-D GEMM (BLAS) rather than numpy's loop over leading dimensions
+    y = (x.reshape(-1, x.shape[-1]) @ weight.T).reshape(x.shape[:-1] + (weight.shape[0],))
     return y if bias is None else y + bias
 
 

@@ -356,6 +356,28 @@ def test_state_read_write(tmp_path):
     assert not fresh["cache"].value.any()
 
 
+def test_state_value_read_before_an_update_keeps_its_old_content(tmp_path):
+    """Updates write into the state's array only when nothing else still holds the old value."""
+
+    @mb.program(input_specs=[mb.TensorSpec((1, 3), dtype=types.fp16), mb.StateTensorSpec((2, 3), dtype=types.fp16)],
+                opset_version=ct.target.iOS18)
+    def prog(k, cache):
+        before = mb.read_state(input=cache)
+        new = mb.slice_update(x=mb.read_state(input=cache), update=k, begin=[0, 0], end=[1, 3])
+        mb.coreml_update_state(state=cache, value=new)
+        return mb.sub(x=new, y=before)
+
+    m = ct.convert(prog, convert_to="mlprogram", minimum_deployment_target=ct.target.iOS18,
+                   pass_pipeline=ct.PassPipeline.EMPTY)
+    m.save(str(tmp_path / "s.mlpackage"))
+    model = MILModel(tmp_path / "s.mlpackage")
+    state = model.make_state()
+    k = np.array([[1.0, 2.0, 3.0]], np.float32)
+    (out,) = model.predict({"k": k}, state).values()
+    np.testing.assert_array_equal(out, [[1, 2, 3], [0, 0, 0]])
+    np.testing.assert_array_equal(state["cache"].value, [[1, 2, 3], [0, 0, 0]])
+
+
 def _weight_program(compress, x: np.ndarray, w: np.ndarray, path) -> MILModel:
     def build(x):
         return mb.linear(x=x, weight=w)
