@@ -54,6 +54,9 @@ from torch import nn
 from memlora.errors import MemloraError
 
 ARCHITECTURES = ("llama", "qwen2")
+QKV = ("q_proj", "k_proj", "v_proj")
+GATE_UP = ("gate_proj", "up_proj")
+FUSED = {"qkv_proj": QKV, "gate_up_proj": GATE_UP}
 ATTN_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP_TARGETS = ("gate_proj", "up_proj", "down_proj")
 LORA_TARGETS = ATTN_TARGETS + MLP_TARGETS
@@ -207,9 +210,14 @@ class Attention(nn.Module):
         """Projections and RoPE: q [1, T, heads, D], k/v [1, T, kv_heads, D]; no RoPE if `cos` is None
         (for attention kernels that rotate q and k themselves)."""
         b, t, _ = x.shape
-        q = self.q_proj(x).view(b, t, self.c.num_heads, self.c.head_dim)
-        k = self.k_proj(x).view(b, t, self.c.num_kv_heads, self.c.head_dim)
-        v = self.v_proj(x).view(b, t, self.c.num_kv_heads, self.c.head_dim)
+        if hasattr(self, "qkv_proj"):  # fused by Decoder.fuse_projections
+            kv = self.c.num_kv_heads * self.c.head_dim
+            q, k, v = self.qkv_proj(x).split([self.c.num_heads * self.c.head_dim, kv, kv], dim=-1)
+        else:
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        q = q.view(b, t, self.c.num_heads, self.c.head_dim)
+        k = k.view(b, t, self.c.num_kv_heads, self.c.head_dim)
+        v = v.view(b, t, self.c.num_kv_heads, self.c.head_dim)
         if cos is None:
             return q, k, v
         return rotate(q, cos, sin), rotate(k, cos, sin), v
@@ -237,7 +245,11 @@ class MLP(nn.Module):
         self.down_proj = LoraLinear(f, d, c.mlp_bias, rank["down_proj"])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(nn.functional.silu(self.gate_proj(x)) * self.up_proj(x))
+        if hasattr(self, "gate_up_proj"):  # fused by Decoder.fuse_projections
+            gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        else:
+            gate, up = self.gate_proj(x), self.up_proj(x)
+        return self.down_proj(nn.functional.silu(gate) * up)
 
 
 def load_hf_state_dict(model_dir: Path) -> dict[str, torch.Tensor]:
@@ -341,6 +353,27 @@ class Decoder(nn.Module):
             for m in self.lora_modules().values():
                 m.weight += (m.lora_a @ m.lora_b).T
         self.clear_lora()
+
+    def fuse_projections(self) -> None:
+        """Replace q/k/v by one ``qkv_proj`` and gate/up by one ``gate_up_proj`` (weights concatenated).
+
+        Fewer, larger matmuls per layer: what a runtime with a fixed cost per kernel (onnxruntime) decodes
+        fastest. A fused LoRA slot holds its members' slots side by side: A ``[in, members * rank]`` and a
+        block-diagonal B ``[members * rank, sum of outs]`` (`memlora.export.lora.slot_tensors` builds them).
+        """
+        for layer in self.layers:
+            for block, fused, members in ((layer.self_attn, "qkv_proj", QKV), (layer.mlp, "gate_up_proj", GATE_UP)):
+                parts = [getattr(block, m) for m in members]
+                rank = max(p.rank for p in parts) * len(parts)  # every member gets a block, zero if untargeted
+                lin = LoraLinear(parts[0].weight.shape[1], sum(p.weight.shape[0] for p in parts),
+                                 parts[0].bias is not None, rank)
+                with torch.no_grad():
+                    lin.weight.copy_(torch.cat([p.weight for p in parts]))
+                    if lin.bias is not None:
+                        lin.bias.copy_(torch.cat([p.bias for p in parts]))
+                setattr(block, fused, lin)
+                for m in members:
+                    delattr(block, m)
 
     def reset_cache(self) -> None:
         for layer in self.layers:

@@ -29,7 +29,7 @@ import torch
 
 from memlora.errors import MemloraError
 
-from .decoder import ATTN_TARGETS, LORA_TARGETS, Decoder, DecoderConfig, LoraSlots
+from .decoder import ATTN_TARGETS, FUSED, LORA_TARGETS, Decoder, DecoderConfig, LoraSlots
 
 _KEY = re.compile(r"^base_model\.model\.model\.layers\.(\d+)\.(self_attn|mlp)\.(\w+)\.lora_([AB])\.weight$")
 _UNSUPPORTED = ("use_dora", "modules_to_save", "layers_to_transform", "layers_pattern")
@@ -169,24 +169,35 @@ def unify_slots(adapters: Iterable[Adapter]) -> LoraSlots:
 
 def slot_tensors(decoder: Decoder, adapter: Adapter | None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """The (A [in, r], B [r, out]) each slot of `decoder` holds for `adapter`: transposed from PEFT's layout,
-    zero-padded to the slot rank, zero if absent."""
+    zero-padded to the slot rank, zero if absent. A fused slot (``qkv_proj``, ``gate_up_proj``) holds its
+    members side by side: member i owns columns ``i*r ..`` of A and the matching rows of B, which map to
+    its own output columns only (B is block-diagonal)."""
     slots = decoder.lora_modules()
+    members = {
+        module: [f"{module.rsplit('.', 1)[0]}.{m}" for m in FUSED.get(module.rsplit(".", 1)[1], (module.rsplit(".", 1)[1],))]
+        for module in slots
+    }
     if adapter is not None:
-        extra = sorted(set(adapter.weights) - set(slots))
+        covered = {m for ms in members.values() for m in ms}
+        extra = sorted(set(adapter.weights) - covered)
         if extra:
             raise MemloraError(f"{adapter.path}: adapter {adapter.name} targets {extra[0]}, which has no LoRA slot")
     out = {}
     for module, lin in slots.items():
-        a = torch.zeros_like(lin.lora_a)
-        b = torch.zeros_like(lin.lora_b)
-        if adapter is not None and module in adapter.weights:
-            src_a, src_b = adapter.weights[module]
-            if src_a.shape[0] > lin.rank:
-                raise MemloraError(
-                    f"{adapter.path}: adapter {adapter.name} has rank {src_a.shape[0]} > slot rank {lin.rank}"
-                )
-            a[:, : src_a.shape[0]] = src_a.T
-            b[: src_b.shape[1]] = src_b.T
+        a, b = torch.zeros_like(lin.lora_a), torch.zeros_like(lin.lora_b)
+        rank = lin.rank // len(members[module])
+        col = 0
+        for i, member in enumerate(members[module]):
+            width = expected_shape(decoder.config, member.rsplit(".", 1)[1])[0]
+            if adapter is not None and member in adapter.weights:
+                src_a, src_b = adapter.weights[member]
+                if src_a.shape[0] > rank:
+                    raise MemloraError(
+                        f"{adapter.path}: adapter {adapter.name} has rank {src_a.shape[0]} > slot rank {rank}"
+                    )
+                a[:, i * rank : i * rank + src_a.shape[0]] = src_a.T
+                b[i * rank : i * rank + src_b.shape[1], col : col + width] = src_b.T
+            col += width
         out[module] = (a, b)
     return out
 

@@ -130,3 +130,14 @@ def test_default_model_matches_transformers():
     dec = Decoder.from_pretrained(model_dir, max_context=128)
     tokens = list(range(100, 164))
     assert (ours(dec, tokens, (40, 1, 1, 22)) - hf_logits(model_dir, tokens=tokens)).abs().max() <= TOL
+
+
+def test_fused_projections_compute_the_same(tiny_qwen, tmp_path):
+    """q/k/v and gate/up fused into one matmul each, LoRA slots block-diagonal: same logits as unfused."""
+    adapter_dir = tiny.build_adapter(tiny_qwen, tmp_path / "a", seed=4, rank=3, targets=("k_proj", "up_proj", "o_proj"))
+    adapter = load_adapter(adapter_dir, DecoderConfig.from_hf(tiny_qwen, 64))
+    dec = Decoder.from_pretrained(tiny_qwen, 64, LoraSlots(("q_proj", "k_proj", "up_proj", "o_proj"), 4))
+    dec.fuse_projections()
+    assert {n.rsplit(".", 1)[1] for n in dec.lora_modules()} == {"qkv_proj", "gate_up_proj", "o_proj"}
+    dec.set_lora(adapter)
+    assert (ours(dec) - hf_logits(tiny_qwen, adapter_dir)).abs().max() <= TOL

@@ -96,7 +96,7 @@ def test_quantization_touches_base_weights_only(exported, quant):
     float_mm = [n for n in graph.node if n.op_type == "MatMul"]
     bits = {a.i for n in nbits for a in n.attribute if a.name == "bits"}
     assert bits == {onnx_export.QUANT_BITS[quant]}
-    assert len(nbits) == 2 * 7 + 1  # every projection of both layers, and the lm_head
+    assert len(nbits) == 2 * 4 + 1  # qkv, o, gate_up, down of both layers, and the lm_head
     assert float_mm and all(n.input[1].startswith("lora.") for n in float_mm)
     assert {i.name for i in graph.input if i.name.startswith("lora.")} == {n.input[1] for n in float_mm}
 
