@@ -68,7 +68,7 @@ def extraction_scores(store, conv, sessions: list[int]) -> dict:
     for row in store.exchanges():
         if row["key"] not in keys:
             continue
-        facts = json.loads(row["facts"]) if row["facts"] else []
+        facts = json.loads(row["facts"] or "null") or []  # malformed extraction: no facts
         malformed += row["status"] == "malformed" and row["failed_op"] == "extract"
         gold = gold_by_key.get(row["key"], [])
         pred_n, gold_n, matched = pred_n + len(facts), gold_n + len(gold), matched + match_facts(facts, gold)

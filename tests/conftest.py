@@ -80,3 +80,32 @@ def tiny_locomo(tmp_path_factory):
     for cid in ("conv-1", "conv-2"):
         (out / f"{cid}.json").write_text(json.dumps(conv))
     return out
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Many tiny training/decoding steps run fastest on one thread (two threads on two busy cores mostly wait)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def et_bundle(tiny_model, taught_adapters, tmp_path_factory):
+    """A separable fp32 ExecuTorch bundle of the taught adapters, written through the `memlora export` verb."""
+    import typer
+    from typer.testing import CliRunner
+
+    from memlora.export.command import main
+
+    app = typer.Typer()
+    app.command()(main)
+    out = tmp_path_factory.mktemp("bundles") / "tiny-executorch"
+    args = ["--model", str(tiny_model), "--adapters", str(taught_adapters), "--target", "executorch",
+            "--mode", "separable", "--quant", "fp32", "--max-context", "1024", "--out", str(out)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    return out

@@ -17,15 +17,7 @@ from memlora.prompts import Memory, extract_messages
 from tests import script
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Training many tiny steps is fastest on one thread (two threads on two busy cores mostly wait)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _unit(*xs):

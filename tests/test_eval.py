@@ -9,14 +9,7 @@ from typer.testing import CliRunner
 from memlora.eval_locomo import main, match_facts, questions_in
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _run(args):

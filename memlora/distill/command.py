@@ -45,7 +45,7 @@ def main(
     data: Annotated[Optional[Path], typer.Option("--data", help="LoCoMo directory [default: $MEMLORA_LOCOMO]")] = None,
     train_convs: Annotated[str, typer.Option("--train-convs", help="LoCoMo conversations to train on (outer split)")] = TRAIN_CONVERSATIONS,
     val_convs: Annotated[str, typer.Option("--val-convs", help="conversations (or JSONL groups) for the inner validation split")] = VAL_CONVERSATIONS,
-    ranks: Annotated[str, typer.Option("--ranks", help="LoRA ranks to try")] = "8,16",
+    ranks: Annotated[str, typer.Option("--ranks", help="LoRA ranks to try (one shared rank for the three adapters)")] = "4,8",
     lrs: Annotated[str, typer.Option("--lrs", help="learning rates to try")] = "1e-3,3e-3",
     max_epochs: Annotated[int, typer.Option("--max-epochs", min=1, help="epochs scored on validation per grid point")] = 2,
     train_examples: Annotated[int, typer.Option(min=1, help="inner-train examples (a random subset if there are more)")] = 48,

@@ -23,7 +23,7 @@ SELECTION_FILE = "selection.json"
 
 @dataclass(frozen=True)
 class Grid:
-    ranks: tuple[int, ...] = (8, 16)
+    ranks: tuple[int, ...] = (4, 8)
     lrs: tuple[float, ...] = (1e-3, 3e-3)
     max_epochs: int = 2
     train_examples: int = 48  # inner-train examples (subsampled so the whole grid fits a CPU budget)
