@@ -28,6 +28,9 @@ to the converted program with ``coremltools.optimize.coreml``:
 - ``int4``: symmetric per-block linear quantization, blocks of ``block_size`` (32) along the input axis.
 - ``pal4``: 4-bit palettization, one 16-entry table per group of 16 output channels, tables computed by
   `palettize_group` (a deterministic 1-D k-means) and handed to coremltools as a custom LUT function.
+
+A weight whose shape the scheme cannot tile (int4: input size not a multiple of the block; pal4: output
+size not a multiple of 16) stays fp16 (`quantizable`); SmolLM2's weights all tile.
 - ``fp16`` (``fp32`` is accepted as its alias: Core ML stores and computes this model in fp16).
 
 `reference_quantize` applies exactly the same quantization to the torch decoder, so a Core ML model can be
@@ -204,9 +207,20 @@ def palettize(weight: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(out.astype(np.float32))
 
 
-def base_weights(decoder: Decoder) -> dict[str, nn.Parameter]:
-    """The parameters quantization applies to (tied embeddings appear once, as in the converted program)."""
-    return {n: p for n, p in decoder.named_parameters() if BASE_WEIGHT.search(n.replace(".", "_"))}
+def quantizable(quant: str, shape: tuple[int, ...], block_size: int) -> bool:
+    """Whether coremltools can apply `quant` to a base weight of `shape` [out, in] (it skips the others,
+    which then stay fp16): int4 blocks must tile the input axis, pal4 groups the output axis."""
+    if quant == "int4":
+        return shape[1] % block_size == 0
+    if quant == "pal4":
+        return shape[0] % PAL_GROUP == 0
+    return quant == "int8"
+
+
+def base_weights(decoder: Decoder, quant: str, block_size: int) -> dict[str, nn.Parameter]:
+    """The parameters `quant` applies to (tied embeddings appear once, as in the converted program)."""
+    return {n: p for n, p in decoder.named_parameters()
+            if BASE_WEIGHT.search(n.replace(".", "_")) and quantizable(quant, tuple(p.shape), block_size)}
 
 
 def reference_quantize(decoder: Decoder, quant: str, block_size: int = 32) -> None:
@@ -214,7 +228,7 @@ def reference_quantize(decoder: Decoder, quant: str, block_size: int = 32) -> No
     if quant in ("fp16", "fp32"):
         return
     with torch.no_grad():
-        for param in base_weights(decoder).values():
+        for param in base_weights(decoder, quant, block_size).values():
             if quant == "pal4":
                 param.copy_(palettize(param))
             else:
@@ -241,7 +255,8 @@ def compress(model, quant: str, block_size: int):
         )
         run = cto.linear_quantize_weights
     with _quiet():
-        names = [n for n in cto.get_weights_metadata(model, weight_threshold=0) if BASE_WEIGHT.search(n)]
+        names = [n for n, meta in cto.get_weights_metadata(model, weight_threshold=0).items()
+                 if BASE_WEIGHT.search(n) and quantizable(quant, meta.val.shape, block_size)]
         if not names:
             raise MemloraError("Core ML export: no base weights found to quantize in the converted program")
         return run(model, cto.OptimizationConfig(op_name_configs={n: config for n in names}))
