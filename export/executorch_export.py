@@ -1,0 +1,267 @@
+"""The ExecuTorch target: the export-friendly decoder lowered to XNNPACK, with a mutable KV cache.
+
+Why ExecuTorch's LLM ops: ``torch.ops.llama.update_cache`` writes new keys/values into the cache buffer in
+place and ``torch.ops.llama.custom_sdpa`` attends over positions ``<= start + i`` of it without building a
+mask or repeating KV heads -- the fast path of ExecuTorch's own LLM export. They want the cache laid out
+``[1, max_context, kv_heads, head_dim]``, so the module here owns its caches in that layout and plugs the
+ops into the decoder through its ``run_layers(attend=...)`` building block.
+
+Program interface (every method, ExecuTorch LLM runner convention)::
+
+    forward(tokens [1, T] int64, input_pos [1] int64 = start) -> logits [1, vocab] of the last position
+
+``T`` is dynamic (1 .. max_context): one method serves prefill and decode. Only the last position's
+logits come out: all positions would be a ``T x vocab`` output planned for ``T = max_context`` (400 MB
+at 2048 x 49152). Constant methods give the runner its metadata (``get_max_seq_len``, ``get_bos_id``,
+``get_eos_ids``, ``use_kv_cache``, ``get_vocab_size``, ...).
+
+Modes:
+- *separable*: ONE program ``model.pte`` with a method per adapter (``extract``, ``mem_update``, ...) and
+  ``forward`` = the base model. The methods share the KV cache (``share_mutable_buffers``) and the base
+  weights, which are written once to ``foundation.ptd`` (program-data separation); each method carries
+  only its LoRA weights. Switching adapters = calling another method: nothing is reloaded.
+- *merged*: one self-contained program per adapter (``<adapter>.pte``, LoRA folded into the weights
+  before quantization) plus ``base.pte``; each runs on its own, e.g. under ExecuTorch's LLM runner.
+
+Every linear must be delegated to XNNPACK: the export fails if any linear/matmul stays portable, and
+the manifest records delegated/total nodes per method.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from memlora.errors import MemloraError
+
+from . import executorch_quant
+from .bundle import TargetRequest
+from .decoder import Decoder, DecoderConfig, LoraLinear
+from .lora import Adapter, unify_slots
+
+TARGET = "executorch"
+MODES = ("merged", "separable")
+BASE_METHOD = "forward"
+FOUNDATION = "foundation"
+LINEAR_OPS = ("linear", "mm", "addmm", "bmm", "matmul", "_weight_int8pack_mm", "dequantize_affine",
+              "choose_qparams_affine", "quantize_affine")
+
+
+def load_custom_ops() -> None:
+    """Register ``torch.ops.llama.*`` (export) and their kernels (runtime); needed before export and load."""
+    from executorch.extension.llm.custom_ops import custom_ops  # noqa: F401
+
+
+class EtDecoder(nn.Module):
+    """The decoder with ExecuTorch's cache-update and SDPA ops over caches it owns; the exported module.
+
+    The output head is an untied copy of the embedding matrix so it can be quantized as a linear while
+    the embedding stays a gather."""
+
+    def __init__(self, decoder: Decoder):
+        super().__init__()
+        c = decoder.config
+        self.decoder = decoder
+        self.max_context = c.max_context
+        shape = (1, c.max_context, c.num_kv_heads, c.head_dim)
+        for i, layer in enumerate(decoder.layers):
+            # the decoder's own [1, kv, C, D] caches are not used here; keep them out of the program
+            layer.self_attn.k_cache = torch.zeros(0)
+            layer.self_attn.v_cache = torch.zeros(0)
+            self.register_buffer(f"k_cache_{i}", torch.zeros(shape), persistent=False)
+            self.register_buffer(f"v_cache_{i}", torch.zeros(shape), persistent=False)
+        head = decoder.embed_tokens.weight if c.tie_embeddings else decoder.lm_head.weight
+        self.lm_head = nn.Linear(c.hidden_size, c.vocab_size, bias=False)
+        with torch.no_grad():
+            self.lm_head.weight.copy_(head)
+        self.lm_head.weight.requires_grad_(False)
+
+    def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+        dec = self.decoder
+        t = tokens.shape[1]
+        start = input_pos[0].item()
+        torch._check_is_size(start)
+        torch._check(start + t <= self.max_context)
+        cos, sin = dec.rope_cos.narrow(0, start, t), dec.rope_sin.narrow(0, start, t)
+
+        def attend(i: int, q, k, v):
+            k_cache, v_cache = getattr(self, f"k_cache_{i}"), getattr(self, f"v_cache_{i}")
+            torch.ops.llama.update_cache(k, k_cache, start)
+            torch.ops.llama.update_cache(v, v_cache, start)
+            out = torch.ops.llama.custom_sdpa(q, k_cache, v_cache, start, None, 0.0, True)
+            return out.reshape(1, t, -1)
+
+        x, _ = dec.run_layers(dec.embed(tokens), cos, sin, attend)
+        return self.lm_head(dec.norm(x[:, -1, :]))
+
+
+def is_base_linear(module: nn.Module) -> bool:
+    """Projections and the output head are quantized; LoRA slots are parameters, never selected."""
+    return isinstance(module, (LoraLinear, nn.Linear))
+
+
+def build_module(model_dir: Path, max_context: int, adapter: Adapter | None, slots, merge: bool,
+                 quant: str, block_size: int, embedding_int8: bool) -> EtDecoder:
+    """The decoder for one method: with `adapter` in its LoRA slots (or folded in when `merge`), quantized."""
+    decoder = Decoder.from_pretrained(model_dir, max_context, slots if adapter is not None else None)
+    if adapter is not None:
+        decoder.set_lora(adapter)
+        if merge:
+            decoder.merge_lora()
+    module = EtDecoder(decoder).eval()
+    executorch_quant.quantize_model(module, quant, block_size, embedding_int8, is_base_linear)
+    return module
+
+
+def export_program(module: EtDecoder):
+    """torch.export with a dynamic sequence length (strict: the non-strict path fails in lowering)."""
+    load_custom_ops()
+    t = torch.export.Dim("T", min=1, max=module.max_context)
+    args = (torch.zeros(1, 2, dtype=torch.int64), torch.tensor([0]))
+    with torch.no_grad():
+        return torch.export.export(module, args, dynamic_shapes=({1: t}, None), strict=True)
+
+
+def tag_foundation(program) -> None:
+    """Mark base weights for the shared ``.ptd`` (XNNPACK reads ``delegate_constant_tag``); LoRA stays in."""
+    for node in program.graph.nodes:
+        if node.op == "placeholder" and "lora" not in node.name:
+            node.meta.setdefault("custom", {})["delegate_constant_tag"] = FOUNDATION
+
+
+def foundation_tag(node) -> str | None:
+    """`external_constants` tag for constants XNNPACK does not own (the embedding table)."""
+    return None if "lora" in node.name else FOUNDATION
+
+
+def runner_metadata(config, eos_ids: list[int]) -> dict:
+    """Constant methods ExecuTorch's LLM runner reads (Android/iOS ``TextLLMRunner``)."""
+    return {
+        "get_max_seq_len": config.max_context,
+        "get_max_context_len": config.max_context,
+        "get_vocab_size": config.vocab_size,
+        "get_bos_id": config.bos_token_id if config.bos_token_id is not None else -1,
+        "get_eos_ids": eos_ids,
+        "use_kv_cache": True,
+        "use_sdpa_with_kv_cache": True,
+        "enable_dynamic_shape": True,
+        "get_n_layers": config.num_layers,
+    }
+
+
+def op_name(node) -> str:
+    """``mm`` for ``aten.mm.default`` (edge and ATen overloads print alike)."""
+    match = re.search(r"(\w+)\.(\w+)\.(\w+)", str(node.target))
+    return match.group(2) if match else str(node.target)
+
+
+def delegation(edge, method: str) -> dict:
+    """Delegated/total nodes of one lowered method; a linear left to portable kernels is an error."""
+    from executorch.devtools.backend_debug import get_delegation_info
+
+    gm = edge.exported_program(method).graph_module
+    info = get_delegation_info(gm)
+    portable = [n for n in gm.graph.nodes if n.op == "call_function" and op_name(n) in LINEAR_OPS]
+    if portable:
+        raise MemloraError(
+            f"ExecuTorch export: method {method!r} keeps {len(portable)} linear op(s) outside XNNPACK "
+            f"(first: {portable[0].target}); refusing a slow, partially delegated program"
+        )
+    total = info.num_delegated_nodes + info.num_non_delegated_nodes
+    return {"delegated_nodes": info.num_delegated_nodes, "total_nodes": total,
+            "delegates": info.num_delegated_subgraphs}
+
+
+def lower(programs: dict, metadata: dict, separate: bool):
+    """XNNPACK lowering of every method together, then the ExecuTorch program (cache shared across
+    methods; base weights external when `separate`). Returns (executorch program, delegation per method)."""
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import ExecutorchBackendConfig, to_edge_transform_and_lower
+    from executorch.exir.passes import MemoryPlanningPass
+    from executorch.exir.passes.sym_shape_eval_pass import ConstraintBasedSymShapeEvalPass
+
+    if separate:
+        for program in programs.values():
+            tag_foundation(program)
+    edge = to_edge_transform_and_lower(programs, partitioner=[XnnpackPartitioner()], constant_methods=metadata)
+    stats = {m: delegation(edge, m) for m in programs}
+    et = edge.to_executorch(ExecutorchBackendConfig(
+        extract_delegate_segments=True,
+        do_quant_fusion_and_const_prop=True,
+        memory_planning_pass=MemoryPlanningPass(alloc_graph_input=False, share_mutable_buffers=True),
+        sym_shape_eval_pass=ConstraintBasedSymShapeEvalPass(),
+        external_constants=foundation_tag if separate else False,
+    ))
+    return et, stats
+
+
+def write_program(et, path: Path) -> list[Path]:
+    """Write the ``.pte`` (and any ``.ptd`` data files beside it) via a temporary name; returns new files."""
+    tmp = path.with_name(path.name + ".partial")
+    with tmp.open("wb") as fh:
+        et.write_to_file(fh)
+    os.replace(tmp, path)
+    before = set(path.parent.glob("*.ptd"))
+    et.write_tensor_data_to_file(str(path.parent))
+    return [path, *sorted(set(path.parent.glob("*.ptd")) - before)]
+
+
+def export_target(req: TargetRequest, bundle_dir: Path, stage: Callable[[str], None] = lambda s: None,
+                  embedding_int8: bool = False) -> dict:
+    """Write the ExecuTorch target into ``bundle_dir/executorch`` and return its manifest entry."""
+    from memlora.session import load_tokenizer
+
+    executorch_quant.check_quant(req.quant)
+    if req.mode not in MODES:
+        raise MemloraError(f"ExecuTorch export: mode must be one of {MODES}, not {req.mode!r}")
+    out_dir = bundle_dir / TARGET
+    out_dir.mkdir(parents=True, exist_ok=True)
+    slots = unify_slots(req.adapters.values()) if req.adapters else None
+    config = DecoderConfig.from_hf(req.model_dir, req.max_context)
+    tok = load_tokenizer(req.model_dir)
+    eos = list(dict.fromkeys([*config.eos_token_ids, *([tok.eos_token_id] if tok.eos_token_id is not None else [])]))
+    metadata = runner_metadata(config, eos)
+    build = lambda adapter, merge: build_module(req.model_dir, req.max_context, adapter, slots, merge,  # noqa: E731
+                                                req.quant, req.block_size, embedding_int8)
+    files: list[Path] = []
+    programs: dict[str, str] = {}
+    methods: dict[str, str] = {}
+    stats: dict[str, dict] = {}
+    if req.mode == "separable":
+        eps = {}
+        for name, adapter in [(BASE_METHOD, None), *req.adapters.items()]:
+            stage(f"executorch: export method {name} ({req.quant})")
+            eps[name] = export_program(build(adapter, False))
+            if adapter is not None:
+                methods[name] = name
+        stage("executorch: lower to XNNPACK (all methods)")
+        et, per_method = lower(eps, metadata, separate=True)
+        stats["model"] = per_method
+        files += write_program(et, out_dir / "model.pte")
+        programs["model"] = f"{TARGET}/model.pte"
+    else:
+        for name, adapter in [("base", None), *req.adapters.items()]:
+            stage(f"executorch: export and lower {name} ({req.quant})")
+            et, per_method = lower({BASE_METHOD: export_program(build(adapter, True))}, metadata, separate=False)
+            stats[name] = per_method
+            files += write_program(et, out_dir / f"{name}.pte")
+            programs[name] = f"{TARGET}/{name}.pte"
+            if adapter is not None:
+                methods[name] = BASE_METHOD
+    data = [f for f in files if f.suffix == ".ptd"]
+    return {
+        "mode": req.mode,
+        "quantization": executorch_quant.recipe(req.quant, req.block_size, embedding_int8),
+        "max_context": req.max_context,
+        "graphs": programs,
+        "methods": methods,
+        "data_files": {f.stem: f.relative_to(bundle_dir).as_posix() for f in data},
+        "delegation": stats,
+        "runner_metadata": metadata,
+        "files": sorted(f.relative_to(bundle_dir).as_posix() for f in files),
+    }

@@ -1,0 +1,74 @@
+"""torchao quantization recipes for the ExecuTorch target (XNNPACK kernels).
+
+Only dynamic-activation recipes are offered: ``int8`` = 8-bit dynamic activations + 8-bit per-channel
+weights, ``int4`` = 8-bit dynamic activations + 4-bit weights in groups of ``block_size`` along K (8da4w,
+what ExecuTorch's own LLM export uses). They quantize the base projections and the output head; LoRA
+branches stay fp32 (they are not ``weight`` of a projection), and the token embedding is optionally int8
+weight-only (a gather, served by ExecuTorch's quantized kernels, not by XNNPACK).
+
+Weight-only LINEAR recipes (torchao ``IntxWeightOnlyConfig`` / ``Int8WeightOnlyConfig`` on linears) are
+refused: with torch 2.13 / executorch 1.5.1 / torchao 0.18 they lower and run but the XNNPACK delegate
+receives the scales as runtime inputs and returns logits off by 85-1600 at fp32 size -- a silent error.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from memlora.errors import MemloraError
+
+QUANTS = ("fp32", "int8", "int4")
+WEIGHT_ONLY = ("int8-weight-only", "int4-weight-only")
+
+
+def check_quant(quant: str) -> None:
+    """Accept fp32/int8/int4; explain why a weight-only linear recipe is refused."""
+    if quant in WEIGHT_ONLY:
+        raise MemloraError(
+            f"ExecuTorch export: {quant} is refused: weight-only linear quantization lowers to XNNPACK with "
+            "scales passed as runtime inputs and gives wrong logits (off by 85-1600) at fp32 size in this "
+            "version set (torch 2.13, executorch 1.5.1, torchao 0.18); use int8 or int4 (dynamic activations)"
+        )
+    if quant not in QUANTS:
+        raise MemloraError(f"ExecuTorch export: quant must be one of {QUANTS}, not {quant!r}")
+
+
+def linear_config(quant: str, block_size: int):
+    """The torchao config for base linears: 8-bit dynamic activations with int8 or grouped int4 weights."""
+    import torch
+    from torchao.quantization import Int8DynamicActivationIntxWeightConfig
+    from torchao.quantization.granularity import PerAxis, PerGroup
+
+    if quant == "int8":
+        return Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int8, weight_granularity=PerAxis(0))
+    return Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int4, weight_granularity=PerGroup(block_size))
+
+
+def quantize_model(model: nn.Module, quant: str, block_size: int, embedding_int8: bool,
+                   is_base_linear) -> None:
+    """Quantize, in place, every module `is_base_linear` selects (they compute ``F.linear(x, self.weight)``),
+    and optionally the embeddings to int8 weight-only."""
+    from torchao.quantization import IntxWeightOnlyConfig, quantize_
+    from torchao.quantization.granularity import PerAxis
+
+    if quant != "fp32":
+        quantize_(model, linear_config(quant, block_size), filter_fn=lambda m, fqn: is_base_linear(m))
+    if embedding_int8:
+        import torch
+
+        quantize_(model, IntxWeightOnlyConfig(weight_dtype=torch.int8, granularity=PerAxis(0)),
+                  filter_fn=lambda m, fqn: isinstance(m, nn.Embedding))
+
+
+def recipe(quant: str, block_size: int, embedding_int8: bool) -> dict:
+    """The manifest's quantization entry."""
+    entry: dict = {"scheme": quant, "library": "torchao", "embedding": "int8 weight-only" if embedding_int8 else "fp32"}
+    if quant == "int8":
+        entry.update(config="Int8DynamicActivationIntxWeightConfig", activations="int8 dynamic (per token)",
+                     weights="int8 per channel")
+    elif quant == "int4":
+        entry.update(config="Int8DynamicActivationIntxWeightConfig", activations="int8 dynamic (per token)",
+                     weights=f"int4 per group of {block_size}", block_size=block_size)
+    if quant != "fp32":
+        entry["scope"] = "base projections and output head; LoRA stays fp32"
+    return entry
