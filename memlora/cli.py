@@ -29,6 +29,7 @@ VERBS = {
     "memories": "memlora.memories",
     "distill": "memlora.distill.command",
     "demo": "memlora.demo",
+    "export": "memlora.export.command",
     "parity": "memlora.runtime.parity.command",
 }
 
