@@ -101,14 +101,15 @@ class CoreMLStep(nn.Module):
 def build_decoder(req: TargetRequest, adapter: Adapter | None, slots: LoraSlots | None) -> Decoder:
     """The decoder for one function: base (no adapter), base + LoRA branch (`slots` given), or the adapter
     merged into the weights (no slots: the program has no low-rank branch at all)."""
-    capacity = req.max_context + 1
-    decoder = Decoder.from_pretrained(req.model_dir, capacity, slots or (adapter and LoraSlots(adapter.targets, adapter.rank)))
+    merged = adapter is not None and slots is None
+    lora = LoraSlots(adapter.targets, adapter.rank) if merged else slots
+    decoder = Decoder.from_pretrained(req.model_dir, req.max_context + 1, lora)
     if decoder.config.max_context < 2:
         raise MemloraError(f"{req.model_dir}: max_context {decoder.config.max_context} is too small")
     if adapter is None:
         return decoder
     decoder.set_lora(adapter)
-    if slots is not None:
+    if not merged:
         return decoder
     decoder.merge_lora()
     plain = Decoder(decoder.config).eval()
