@@ -30,6 +30,7 @@ VERBS = {
     "distill": "memlora.distill.command",
     "demo": "memlora.demo",
     "export": "memlora.export.command",
+    "bench": "memlora.runtime.bench.command",
     "parity": "memlora.runtime.parity.command",
 }
 

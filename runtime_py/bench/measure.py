@@ -1,0 +1,204 @@
+"""Measure one artifact the way users run it: through `memlora.generate.generate` with an adapter active.
+
+A `Timed` proxy wraps the backend and timestamps every `forward`, so one `generate` call yields the time
+to first token (the prefill call), prefill tokens/s and decode tokens/s -- including the decode loop's own
+Python work between steps, which is part of what users get. Adapter switch time is the extra latency of a
+one-token forward that changes adapter over one that keeps it.
+
+Each artifact is measured in a subprocess of its own (``python -m memlora.runtime.bench.measure JOB OUT``)
+so its peak RSS is its own and runtimes do not share thread pools or caches with each other.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from memlora.generate import GenerationConfig, generate
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """What every row runs: the same prompt length, decode length, warm-up and repeats."""
+
+    prompt_tokens: int = 512
+    decode_tokens: int = 128
+    warmup: int = 1
+    repeats: int = 5
+    threads: int = 2
+    switch_repeats: int = 20
+
+
+class Timed:
+    """A Backend proxy recording (start, end) of every forward call; the decode loop sees the backend."""
+
+    def __init__(self, backend):
+        self.backend = backend
+        self.name = backend.name
+        self.adapters = backend.adapters
+        self.max_context = backend.max_context
+        self.calls: list[tuple[float, float]] = []
+
+    def reset(self) -> None:
+        self.backend.reset()
+
+    def forward(self, tokens, start, adapter, all_logits=False):
+        t0 = time.perf_counter()
+        out = self.backend.forward(tokens, start, adapter, all_logits)
+        self.calls.append((t0, time.perf_counter()))
+        return out
+
+
+def spread(values: list[float]) -> dict:
+    """Median with the min-max spread of repeated measurements."""
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def run_once(timed: Timed, tokenizer, prompt: list[int], adapter: str | None, n_new: int) -> dict:
+    """One greedy generation of exactly `n_new` tokens (no eos stop): timings and the tokens."""
+    timed.calls.clear()
+    t0 = time.perf_counter()
+    gen = generate(timed, tokenizer, prompt, adapter, GenerationConfig(max_new_tokens=n_new), eos_ids=set())
+    t_end = time.perf_counter()
+    prefill_end = timed.calls[0][1]
+    prefill_s = timed.calls[0][1] - timed.calls[0][0]
+    steps = len(timed.calls) - 1
+    return {
+        "ttft_ms": (prefill_end - t0) * 1e3,
+        "prefill_tok_s": len(prompt) / prefill_s,
+        "decode_tok_s": steps / (t_end - prefill_end) if steps else float("nan"),
+        "tokens": gen.output_ids,
+    }
+
+
+def switch_ms(backend, adapters: tuple[str | None, ...], token: int, repeats: int) -> float | None:
+    """Extra milliseconds of a one-token forward that switches adapter, over one that does not.
+
+    Measured at position 0 so every backend accepts the switch (the reference restarts its cache there)."""
+    if len(adapters) < 2:
+        return None
+
+    def timed(seq):
+        out = []
+        for a in seq:
+            t0 = time.perf_counter()
+            backend.forward([token], 0, a)
+            out.append(time.perf_counter() - t0)
+        return out
+
+    timed([adapters[0]] * 3)
+    same = timed([adapters[0]] * repeats)
+    switching = timed([adapters[i % 2] for i in range(repeats)])
+    return max(0.0, (statistics.median(switching) - statistics.median(same)) * 1e3)
+
+
+def measure(backend, tokenizer, prompt: list[int], adapter: str | None, config: BenchConfig) -> dict:
+    """Warm up, repeat, and summarize one artifact; the tokens of the last run are kept for agreement."""
+    timed = Timed(backend)
+    for _ in range(config.warmup):
+        run_once(timed, tokenizer, prompt, adapter, config.decode_tokens)
+    runs = [run_once(timed, tokenizer, prompt, adapter, config.decode_tokens) for _ in range(config.repeats)]
+    result = {key: spread([r[key] for r in runs]) for key in ("decode_tok_s", "prefill_tok_s", "ttft_ms")}
+    others = [a for a in backend.adapters if a != adapter]
+    result["switch_ms"] = switch_ms(backend, (adapter, *others[:1]), prompt[0], config.switch_repeats)
+    result["tokens"] = runs[-1]["tokens"]
+    return result
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set of this process (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+@dataclass
+class Job:
+    """One row to measure in a subprocess: a backend (``torch`` or a bundle target) and its settings."""
+
+    backend: str
+    prompt: list[int]
+    tokenizer: str
+    adapter: str | None
+    bundle: str | None = None
+    model: str | None = None
+    adapters_dir: str | None = None
+    dtype: str = "float32"
+    extra_runs: list[str | None] = field(default_factory=list)
+    config: dict = field(default_factory=dict)
+
+
+def open_job_backend(job: Job):
+    """The backend a job names, with threads pinned to ``config.threads``."""
+    threads = BenchConfig(**job.config).threads
+    if job.backend == "torch":
+        import torch
+
+        from memlora.runtime.torch_backend import TorchBackend
+
+        torch.set_num_threads(threads)
+        mode = "separable" if job.adapters_dir else "none"
+        return TorchBackend(Path(job.model), Path(job.adapters_dir) if job.adapters_dir else None, mode=mode,
+                            dtype=getattr(torch, job.dtype))
+    from memlora.runtime.registry import open_backend
+
+    return open_backend(job.backend, bundle=Path(job.bundle))[0]
+
+
+def run_job(job: Job) -> dict:
+    """Measure a job; `extra_runs` are adapters (None = base) whose greedy tokens are also recorded."""
+    from tokenizers import Tokenizer
+
+    config = BenchConfig(**job.config)
+    t0 = time.perf_counter()
+    backend = open_job_backend(job)
+    load_s = time.perf_counter() - t0
+    tokenizer = Tokenizer.from_file(job.tokenizer)  # decode(ids, skip_special_tokens=...) as generate needs
+    result = measure(backend, tokenizer, job.prompt, job.adapter, config)
+    result["load_s"] = load_s
+    result["extra_tokens"] = {
+        str(a): run_once(Timed(backend), tokenizer, job.prompt, a, config.decode_tokens)["tokens"]
+        for a in job.extra_runs
+    }
+    if job.backend == "onnx":
+        from .profile_onnx import profile_decode
+
+        result["profile"] = profile_decode(backend, tokenizer, job.prompt, job.adapter,
+                                           BenchConfig(**{**job.config, "repeats": 2}))
+    result["rss_mb"] = peak_rss_mb()
+    return result
+
+
+def measure_in_subprocess(job: Job, timeout: float = 3600) -> dict:
+    """Run `job` in a fresh python (this interpreter) so its peak RSS and thread pools are its own."""
+    import os
+    import subprocess
+    import tempfile
+
+    from memlora.errors import MemloraError
+
+    threads = str(BenchConfig(**job.config).threads)
+    env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+    with tempfile.TemporaryDirectory(prefix="memlora-bench-") as tmp:
+        job_file, out_file = Path(tmp) / "job.json", Path(tmp) / "out.json"
+        job_file.write_text(json.dumps(asdict(job)))
+        result = subprocess.run([sys.executable, "-m", __name__, str(job_file), str(out_file)],
+                                capture_output=True, text=True, env=env, timeout=timeout)
+        if result.returncode != 0 or not out_file.is_file():
+            tail = "\n".join(result.stderr.strip().splitlines()[-15:])
+            raise MemloraError(f"measuring {job.backend} {job.bundle or job.dtype} failed:\n{tail}")
+        return json.loads(out_file.read_text())
+
+
+def main(argv: list[str]) -> None:
+    job = Job(**json.loads(Path(argv[0]).read_text()))
+    Path(argv[1]).write_text(json.dumps(run_job(job)))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

