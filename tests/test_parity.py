@@ -101,7 +101,9 @@ def test_task_level_runs_the_scripted_conversation(onnx_bundle, tiny_model, taug
     task = report["targets"]["onnx"]["task"]
     assert task["equal_rate"] == 1.0 and task["answer_exact"] == 1.0
     assert report["reference_task"]["answers"] == {script.QUESTION: script.ANSWER}
-    assert report["reference_task"]["store"] == [["m0", script.MERGED, script.DATE]]
+    ref = report["reference_task"]  # --quick: the first exchange and the question
+    assert ref["store"] == [["m0", script.FACT1, script.DATE]]
+    assert ref["events"] == {script.EXCHANGES[0][0]: [["ADD", "m0", script.FACT1]]}
 
 
 def test_tampered_device_trace_fails(good_report, onnx_bundle, tiny_model, taught_adapters):
@@ -132,10 +134,10 @@ def test_perturbed_onnx_weight_fails_and_is_localised(onnx_bundle, tiny_model, t
     shutil.copytree(onnx_bundle, bad)
     graph = bad / "onnx" / "base.onnx"
     model = onnx.load(str(graph))
-    # the MLP down projection of the last layer (1): a scaled row, as a wrong transpose or scale would give
-    init = next(i for i in model.graph.initializer if "layers.1.mlp.down_proj" in i.name)
+    # the last layer's (1) post-attention norm scale: a wrong weight, as a bad transpose or scale would give
+    init = next(i for i in model.graph.initializer if i.name == "decoder.layers.1.post_attention_layernorm.weight")
     w = numpy_helper.to_array(init).copy()
-    w[0] *= 1.5
+    w[: len(w) // 2] *= 1.5
     init.CopyFrom(numpy_helper.from_array(w, init.name))
     onnx.save_model(model, str(graph), save_as_external_data=True, all_tensors_to_one_file=True,
                     location="base.onnx.data", size_threshold=1024)

@@ -132,9 +132,9 @@ def run_parity(
             progress(f"task level: memory pipeline on {t.name}")
             entry["task"] = compare_task(ref_task, run_task(t.backend, tokenizer, embedder, conv))
         failures = judge(entry, thresholds, t.name, t.precision)
-        if failures:
+        worst = runs[t.name].worst_prompt[1]
+        if failures and worst is not None:
             progress(f"localise {t.name}")
-            worst = runs[t.name].worst_prompt[1]
             tokens = worst.ids[:CHUNK]
             entry["localisation"] = localise(decoders[key].hidden_states, t.probe, tokens,
                                              worst.op if worst.op in t.backend.adapters else None,
