@@ -137,6 +137,8 @@ class TargetRequest:
     quant: str
     block_size: int
     max_context: int
+    embedding_int8: bool = False
+    """int8 weight-only token embeddings (targets that support it: executorch)."""
 
 
 @dataclass(frozen=True)

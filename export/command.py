@@ -44,6 +44,7 @@ def export_bundle(
     out: Path,
     max_context: int = 2048,
     golden_tokens: int = GOLDEN_TOKENS,
+    embedding_int8: bool = False,
     stage: Callable[[str], None] = lambda s: None,
 ) -> Path:
     """Export `targets` into a new bundle at `out` (written aside, renamed into place when complete)."""
@@ -62,7 +63,7 @@ def export_bundle(
     config = DecoderConfig.from_hf(model_dir, max_context)
     adapters = load_adapters(adapters_dir, config)
     tokenizer = load_tokenizer(model_dir)
-    request = bundle.TargetRequest(model_dir, adapters, mode, quant, block_size, config.max_context)
+    request = bundle.TargetRequest(model_dir, adapters, mode, quant, block_size, config.max_context, embedding_int8)
     with bundle.staging(out) as tmp:
         entries = {}
         for target in targets:
@@ -97,9 +98,10 @@ def main(
     target: Annotated[str, typer.Option("--target", help="onnx, executorch, coreml (comma-separated)")] = "onnx",
     mode: Annotated[str, typer.Option("--mode", help="merged | separable adapters")] = "separable",
     quant: Annotated[str, typer.Option("--quant", help="fp32 | int8 | int4 (base weights; LoRA stays float)")] = "fp32",
-    block_size: Annotated[int, typer.Option("--block-size", help="int4/int8 quantization block size")] = 32,
+    block_size: Annotated[int, typer.Option("--block-size", help="int4 quantization block size (MatMulNBits)")] = 32,
     out: Annotated[Optional[Path], typer.Option("--out", help="bundle directory to write")] = None,
     max_context: Annotated[int, typer.Option("--max-context", help="KV cache length of the exported model")] = 2048,
+    embedding_int8: Annotated[bool, typer.Option("--embedding-int8", help="int8 token embeddings (executorch)")] = False,
 ) -> None:
     """Export the model and its adapters into a bundle (manifest, tokenizer, artifacts, golden traces)."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -124,7 +126,7 @@ def main(
             current.append(progress.add_task(name, total=None))
 
         path = export_bundle(model_dir, adapters_dir, targets, mode, quant, block_size, out, max_context,
-                             stage=stage)
+                             embedding_int8=embedding_int8, stage=stage)
         stage("done")
         progress.update(current[-1], total=1, completed=1)
     typer.echo(f"bundle written to {path}")

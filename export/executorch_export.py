@@ -48,8 +48,7 @@ TARGET = "executorch"
 MODES = ("merged", "separable")
 BASE_METHOD = "forward"
 FOUNDATION = "foundation"
-LINEAR_OPS = ("linear", "mm", "addmm", "bmm", "matmul", "_weight_int8pack_mm", "dequantize_affine",
-              "choose_qparams_affine", "quantize_affine")
+LINEAR_OPS = ("linear", "mm", "addmm", "bmm", "matmul", "_weight_int8pack_mm")
 
 
 def load_custom_ops() -> None:
@@ -211,8 +210,7 @@ def write_program(et, path: Path) -> list[Path]:
     return [path, *sorted(set(path.parent.glob("*.ptd")) - before)]
 
 
-def export_target(req: TargetRequest, bundle_dir: Path, stage: Callable[[str], None] = lambda s: None,
-                  embedding_int8: bool = False) -> dict:
+def export_target(req: TargetRequest, bundle_dir: Path, stage: Callable[[str], None] = lambda s: None) -> dict:
     """Write the ExecuTorch target into ``bundle_dir/executorch`` and return its manifest entry."""
     from memlora.session import load_tokenizer
 
@@ -227,7 +225,7 @@ def export_target(req: TargetRequest, bundle_dir: Path, stage: Callable[[str], N
     eos = list(dict.fromkeys([*config.eos_token_ids, *([tok.eos_token_id] if tok.eos_token_id is not None else [])]))
     metadata = runner_metadata(config, eos)
     build = lambda adapter, merge: build_module(req.model_dir, req.max_context, adapter, slots, merge,  # noqa: E731
-                                                req.quant, req.block_size, embedding_int8)
+                                                req.quant, req.block_size, req.embedding_int8)
     files: list[Path] = []
     programs: dict[str, str] = {}
     methods: dict[str, str] = {}
@@ -256,7 +254,7 @@ def export_target(req: TargetRequest, bundle_dir: Path, stage: Callable[[str], N
     data = [f for f in files if f.suffix == ".ptd"]
     return {
         "mode": req.mode,
-        "quantization": executorch_quant.recipe(req.quant, req.block_size, embedding_int8),
+        "quantization": executorch_quant.recipe(req.quant, req.block_size, req.embedding_int8),
         "max_context": req.max_context,
         "graphs": programs,
         "methods": methods,
