@@ -141,3 +141,21 @@ def test_fused_projections_compute_the_same(tiny_qwen, tmp_path):
     assert {n.rsplit(".", 1)[1] for n in dec.lora_modules()} == {"qkv_proj", "gate_up_proj", "o_proj"}
     dec.set_lora(adapter)
     assert (ours(dec) - hf_logits(tiny_qwen, adapter_dir)).abs().max() <= TOL
+
+
+@pytest.mark.real
+def test_default_model_with_adapter_matches_peft(tmp_path):
+    """A rank-16 adapter on all seven projections, scaled to a trained adapter's size (it moves logits by ~3)."""
+    from safetensors.torch import load_file, save_file
+
+    from memlora.paths import default_model_dir
+
+    model_dir = default_model_dir()
+    path = tiny.build_adapter(model_dir, tmp_path / "answer", seed=7, rank=16, alpha=32)
+    weights = path / "adapter_model.safetensors"
+    save_file({k: v * 0.2 for k, v in load_file(weights).items()}, weights)
+    adapter = load_adapter(path, DecoderConfig.from_hf(model_dir, 128))
+    dec = Decoder.from_pretrained(model_dir, 128, unify_slots([adapter]))
+    dec.set_lora(adapter)
+    tokens = list(range(100, 164))
+    assert (ours(dec, tokens, (40, 1, 1, 22)) - hf_logits(model_dir, path, tokens)).abs().max() <= TOL
