@@ -243,13 +243,13 @@ class MILModel:
         inputs = {n: t for n, t in declared.items() if not t.state}
         states = {n: t for n, t in declared.items() if t.state}
         consumers: dict[str, list] = {}
-        for op in block.operations:
+        for position, op in enumerate(block.operations):
             for param, arg in op.inputs.items():
                 for b in arg.arguments:
                     if b.WhichOneof("binding") == "name":
-                        consumers.setdefault(b.name, []).append((op, param))
+                        consumers.setdefault(b.name, []).append((op, param, position))
         for out in block.outputs:
-            consumers.setdefault(out, []).append((None, None))
+            consumers.setdefault(out, []).append((None, None, len(block.operations)))
 
         consts: dict[str, Const] = {}
         types: dict[str, TensorType] = dict(declared)
@@ -293,7 +293,7 @@ class MILModel:
                 self._fold(op.type, impl, const_args, outs, coercers, consts, where)
                 continue
             bound = {p: self._bind(v) for p, v in const_args.items()}
-            if op.type == "slice_update" and self._updates_state_in_place(op, producer, consumers, block.operations[:index]):
+            if op.type == "slice_update" and self._updates_state_in_place(op, index, producer, consumers, block.operations[:index]):
                 impl = slice_update_into
             steps.append(_step(impl, bound, var_args, [n for n, _ in outs], coercers))
             where_list.append(where)
@@ -328,12 +328,13 @@ class MILModel:
             consts[name] = Const(key + (i,), lambda k=key, i=i: self._cache[k][i])
 
     @staticmethod
-    def _updates_state_in_place(op, producer, consumers, earlier) -> bool:
-        """True for the KV-cache pattern read_state -> slice_update -> write_state on one state, where the
-        read value has no other use and no other earlier read of that state exists (whose users might run
-        later and must see the old value): then the update may write into the state's array."""
+    def _updates_state_in_place(op, index, producer, consumers, earlier) -> bool:
+        """True for the KV-cache pattern read_state -> slice_update -> write_state on one state, where
+        nothing can observe the old value after the update: its other uses (and uses of views of it,
+        e.g. a slice whose shape sizes the update) all run earlier, and no other earlier read of the state
+        exists. Then the update may write into the state's array instead of copying it."""
         x = op.inputs["x"].arguments[0]
-        if x.WhichOneof("binding") != "name" or len(consumers.get(x.name, [])) != 1:
+        if x.WhichOneof("binding") != "name" or not MILModel._dead_before(x.name, index, consumers):
             return False
         source = producer.get(x.name)
         if source is None or source.type != "read_state":
@@ -343,11 +344,26 @@ class MILModel:
             if other.type == "read_state" and other.inputs["input"].arguments[0].name == state_name:
                 if other.outputs[0].name != x.name:
                     return False
-        for user, param in consumers.get(op.outputs[0].name, []):
+        for user, param, _ in consumers.get(op.outputs[0].name, []):
             if user is not None and user.type == "write_state" and param == "data":
                 if user.inputs["input"].arguments[0].name == state_name:
                     return True
         return False
+
+    @staticmethod
+    def _dead_before(name: str, index: int, consumers) -> bool:
+        """Whether every use of `name` other than by op `index` itself, and of any view derived from it,
+        precedes op `index` (ops in EXACT may return numpy views of their input; others return new arrays)."""
+        for user, _, position in consumers.get(name, []):
+            if position == index:
+                continue
+            if user is None or position >= index:
+                return False
+            if user.type in EXACT and not all(
+                MILModel._dead_before(o.name, index, consumers) for o in user.outputs
+            ):
+                return False
+        return True
 
     # ---- running --------------------------------------------------------------------------------------
 
