@@ -99,14 +99,16 @@ def test_distill_writes_a_loadable_adapter_with_its_selection(tiny_model, tiny_l
     tok = AutoTokenizer.from_pretrained(tiny_model)
     examples = locomo_examples("extract", load_conversations(tiny_locomo, ["conv-1", "conv-2"]))
     out = tmp_path / "adapters" / "extract"
-    grid = Grid(ranks=(2, 4), lrs=(1e-2,), max_epochs=2, search_examples=8, val_examples=8, final_examples=8, max_len=512)
+    grid = Grid(ranks=(2, 4), lrs=(1e-2,), max_epochs=2, train_examples=8, val_examples=8, max_len=512)
     record = distill("extract", examples, {"conv-2"}, tiny_model, tok, out, grid,
                      TrainConfig(batch_size=2, bf16=False), log=lambda s: None)
     saved = json.loads((out / SELECTION_FILE).read_text())
     assert saved == json.loads(json.dumps(record))
-    assert saved["search"]["validation_conversations"] == ["conv-2"]
-    assert len(saved["search"]["points"]) == 2 and all(len(p["val_loss_per_epoch"]) == 2 for p in saved["search"]["points"])
-    assert saved["choice"]["rank"] in (2, 4) and 1 <= saved["choice"]["epochs"] <= 2
+    assert saved["validation_conversations"] == ["conv-2"] and saved["train_conversations"] == ["conv-1"]
+    assert len(saved["grid"]) == 2 and all(len(p["val_loss_per_epoch"]) == 2 for p in saved["grid"])
+    chosen = next(p for p in saved["grid"] if p["rank"] == saved["choice"]["rank"])
+    assert saved["best_val_loss"] == min(min(p["val_loss_per_epoch"]) for p in saved["grid"])
+    assert saved["best_val_loss"] == chosen["val_loss_per_epoch"][saved["choice"]["epochs"] - 1]
     info = load_checked_adapters(out.parent, tiny_model)["extract"]
     assert info.rank == saved["choice"]["rank"]
     PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model), out)
