@@ -62,18 +62,25 @@ def spread(values: list[float]) -> dict:
 
 
 def run_once(timed: Timed, tokenizer, prompt: list[int], adapter: str | None, n_new: int) -> dict:
-    """One greedy generation of exactly `n_new` tokens (no eos stop): timings and the tokens."""
+    """One greedy generation of exactly `n_new` tokens (no eos stop): timings and the tokens.
+
+    Per decoded token it also splits the wall time into the backend's forward and the decode loop's own
+    work around it (argmax, stop checks, bookkeeping)."""
     timed.calls.clear()
     t0 = time.perf_counter()
     gen = generate(timed, tokenizer, prompt, adapter, GenerationConfig(max_new_tokens=n_new), eos_ids=set())
     t_end = time.perf_counter()
     prefill_end = timed.calls[0][1]
     prefill_s = timed.calls[0][1] - timed.calls[0][0]
-    steps = len(timed.calls) - 1
+    steps = timed.calls[1:]
+    step_ms = (t_end - prefill_end) / max(1, len(steps)) * 1e3
+    forward_ms = sum(e - s for s, e in steps) / max(1, len(steps)) * 1e3
     return {
         "ttft_ms": (prefill_end - t0) * 1e3,
         "prefill_tok_s": len(prompt) / prefill_s,
-        "decode_tok_s": steps / (t_end - prefill_end) if steps else float("nan"),
+        "decode_tok_s": len(steps) / (t_end - prefill_end) if steps else float("nan"),
+        "step_ms": step_ms,
+        "forward_ms": forward_ms,
         "tokens": gen.output_ids,
     }
 
@@ -102,10 +109,12 @@ def switch_ms(backend, adapters: tuple[str | None, ...], token: int, repeats: in
 def measure(backend, tokenizer, prompt: list[int], adapter: str | None, config: BenchConfig) -> dict:
     """Warm up, repeat, and summarize one artifact; the tokens of the last run are kept for agreement."""
     timed = Timed(backend)
-    for _ in range(config.warmup):
-        run_once(timed, tokenizer, prompt, adapter, config.decode_tokens)
+    for _ in range(config.warmup):  # the full prompt and a few steps: every buffer and kernel gets touched
+        run_once(timed, tokenizer, prompt, adapter, min(8, config.decode_tokens))
     runs = [run_once(timed, tokenizer, prompt, adapter, config.decode_tokens) for _ in range(config.repeats)]
     result = {key: spread([r[key] for r in runs]) for key in ("decode_tok_s", "prefill_tok_s", "ttft_ms")}
+    step, forward = (statistics.median(r[k] for r in runs) for k in ("step_ms", "forward_ms"))
+    result["per_token"] = {"step_ms": step, "forward_ms": forward, "decode_loop_overhead_ms": step - forward}
     others = [a for a in backend.adapters if a != adapter]
     result["switch_ms"] = switch_ms(backend, (adapter, *others[:1]), prompt[0], config.switch_repeats)
     result["tokens"] = runs[-1]["tokens"]
@@ -166,10 +175,9 @@ def run_job(job: Job) -> dict:
         for a in job.extra_runs
     }
     if job.backend == "onnx":
-        from .profile_onnx import profile_decode
+        from .profile_onnx import graph_profile
 
-        result["profile"] = profile_decode(backend, tokenizer, job.prompt, job.adapter,
-                                           BenchConfig(**{**job.config, "repeats": 2}))
+        result["per_token"].update(graph_profile(backend, job.prompt, job.adapter, result))
     result["rss_mb"] = peak_rss_mb()
     return result
 

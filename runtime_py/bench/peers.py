@@ -39,10 +39,15 @@ ENVS = {
     "executorch": PeerEnv("executorch", (
         (TORCH, "executorch==1.5.1"),
     )),
+    # PyPI has no wheel for this platform: build from the sdist, only the libraries the bindings load (no
+    # multimodal library, only the `llama` target and its ggml dependencies), in a build directory kept
+    # in the venv so an interrupted or repeated build resumes instead of starting over
     "llama-cpp": PeerEnv("llama-cpp", (
         ("numpy<2.4",),
-        ("--no-binary", "llama-cpp-python", "llama-cpp-python==0.3.36"),
-    ), build_env=(("CMAKE_BUILD_PARALLEL_LEVEL", "2"), ("CMAKE_ARGS", "-DGGML_NATIVE=ON -DLLAMA_CURL=OFF"))),
+        ("--no-binary", "llama-cpp-python", "--config-settings=build-dir={venv}/build",
+         "--config-settings=build.targets=llama", "llama-cpp-python==0.3.36"),
+    ), build_env=(("CMAKE_BUILD_PARALLEL_LEVEL", "2"),
+                  ("CMAKE_ARGS", "-DGGML_NATIVE=ON -DLLAMA_CURL=OFF -DLLAVA_BUILD=OFF"))),
 }
 
 
@@ -68,7 +73,8 @@ def ensure_venv(name: str, log=print) -> Path:
     _run([base, "-m", "venv", "--clear", str(root)], root)
     pip_env = {**os.environ, **dict(env.build_env)}
     for group in env.requirements:
-        _run([str(root / "bin" / "python"), "-m", "pip", "install", "-q", *group], root, pip_env)
+        args = [a.replace("{venv}", str(root)) for a in group]
+        _run([str(root / "bin" / "python"), "-m", "pip", "install", "-q", *args], root, pip_env)
     stamp.write_text(json.dumps(want))
     return venv_python(name)
 
