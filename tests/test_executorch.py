@@ -1,0 +1,190 @@
+"""The ExecuTorch target on executorch.runtime: modes x precisions, delegation, switching, corrupt files,
+ExecuTorch's own LLM runner, and the memory pipeline. Lowering is slow: every export happens once per module."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoTokenizer
+
+from memlora.errors import MemloraError
+from memlora.export import executorch_export as ee
+from memlora.export.bundle import TargetRequest, load_bundle
+from memlora.export.decoder import Decoder, DecoderConfig
+from memlora.export.executorch_quant import check_quant
+from memlora.export.lora import load_adapters, unify_slots
+from memlora.generate import GenerationConfig, generate
+from memlora.runtime.executorch_backend import BASE_METHOD, ExecuTorchBackend, from_bundle, target_routes
+from memlora.trace import read_traces
+
+CTX = 128
+PROMPT = [5, 17, 42, 7, 99, 3, 250, 11, 64, 8, 120, 33, 301, 77, 12, 400]
+MATRIX = [("separable", "int4"), ("separable", "int8"), ("merged", "fp32")]  # + separable fp32 = et_bundle
+COSINE = {"fp32": 1 - 1e-9, "int8": 0.999, "int4": 0.98}  # int8/int4 kernels also quantize activations
+
+
+@pytest.fixture(scope="module")
+def adapters(tiny_model, taught_adapters):
+    return load_adapters(taught_adapters, DecoderConfig.from_hf(tiny_model, CTX))
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_model, adapters, tmp_path_factory):
+    """The matrix above, exported once; separable fp32 is the `et_bundle` written through the CLI."""
+    out = {}
+    for mode, quant in MATRIX:
+        root = tmp_path_factory.mktemp(f"et-{mode}-{quant}")
+        out[mode, quant] = (root, ee.export_target(TargetRequest(tiny_model, adapters, mode, quant, 32, CTX), root))
+    return out
+
+
+def routes(root, entry) -> ExecuTorchBackend:
+    return ExecuTorchBackend(*target_routes(root, entry))
+
+
+def chunked(backend, name) -> np.ndarray:
+    """Prefill, one decode step, then a prefill after a past: last-position logits of each call."""
+    return np.concatenate([backend.forward(PROMPT[:9], 0, name), backend.forward(PROMPT[9:10], 9, name),
+                           backend.forward(PROMPT[10:], 10, name)])
+
+
+def reference(tiny_model, adapter, quant: str = "fp32", ctx: int = CTX) -> np.ndarray:
+    """The same three calls on the export module in eager PyTorch (same quantization): isolates conversion."""
+    slots = unify_slots([adapter]) if adapter else None
+    module = ee.build_module(tiny_model, ctx, adapter, slots, False, quant, 32, False)
+    with torch.no_grad():
+        return np.concatenate([module(torch.tensor([PROMPT[:9]]), torch.tensor([0])),
+                               module(torch.tensor([PROMPT[9:10]]), torch.tensor([9])),
+                               module(torch.tensor([PROMPT[10:]]), torch.tensor([10]))])
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a * b).sum() / np.linalg.norm(a) / np.linalg.norm(b))
+
+
+def test_fp32_matches_decoder_and_shares_foundation(et_bundle, tiny_model, adapters):
+    """Separable fp32: every method equals the plain decoder (with that adapter) to 1e-4; base weights are
+    stored once in foundation.ptd and each method holds its LoRA weights only."""
+    entry = load_bundle(et_bundle).target("executorch")
+    backend = from_bundle(et_bundle)
+    assert set(backend.adapters) == set(adapters) and backend.max_context == 1024
+    for name in (None, *adapters):
+        a = adapters.get(name)
+        dec = Decoder.from_pretrained(tiny_model, CTX, unify_slots([a]) if a else None)
+        if a:
+            dec.set_lora(a)
+        with torch.no_grad():
+            ref = dec(torch.tensor([PROMPT]), torch.arange(len(PROMPT)))[0].numpy()
+        got = backend.forward(PROMPT, 0, name, all_logits=True)
+        assert np.abs(got - ref).max() <= 1e-4, name
+    assert entry["files"] == ["executorch/foundation.ptd", "executorch/model.pte"]
+    pte, ptd = (et_bundle / f for f in entry["files"][::-1])
+    lora_bytes = sum(4 * (t.numel() + u.numel()) for ad in adapters.values() for t, u in ad.weights.values())
+    base_bytes = 4 * sum(p.numel() for n, p in Decoder.from_pretrained(tiny_model, CTX).named_parameters())
+    assert ptd.stat().st_size < 1.5 * base_bytes  # one copy of the base (+ the untied head)
+    assert pte.stat().st_size < ptd.stat().st_size and pte.stat().st_size < 4 * lora_bytes + 200_000
+
+
+@pytest.mark.parametrize("mode,quant", MATRIX)
+def test_export_load_run(exported, tiny_model, adapters, mode, quant):
+    root, entry = exported[mode, quant]
+    backend = routes(root, entry)
+    assert set(backend.adapters) == set(adapters) and backend.max_context == CTX
+    for name in (None, *adapters):
+        got = chunked(backend, name)
+        if mode == "separable":  # conversion alone: the same quantized module in eager PyTorch
+            same = reference(tiny_model, adapters.get(name), quant)
+            assert cosine(got, same) >= 0.9999, (name, cosine(got, same))
+        fp32 = reference(tiny_model, adapters.get(name))
+        if quant == "fp32":
+            assert np.abs(got - fp32).max() <= 1e-4, name
+        assert cosine(got, fp32) >= COSINE[quant], (name, cosine(got, fp32))
+    for method in entry["delegation"].values():
+        for stats in method.values():
+            assert 0 < stats["delegated_nodes"] < stats["total_nodes"]
+
+
+def test_portable_linear_and_weight_only_are_refused(tiny_model):
+    from executorch.exir import to_edge
+
+    edge = to_edge({BASE_METHOD: ee.export_program(ee.EtDecoder(Decoder.from_pretrained(tiny_model, 32)))})
+    with pytest.raises(MemloraError, match="outside XNNPACK"):
+        ee.delegation(edge, BASE_METHOD)
+    with pytest.raises(MemloraError, match="wrong logits"):
+        check_quant("int4-weight-only")
+
+
+def test_switching_adapters_matches_fresh_programs(et_bundle, tiny_model, adapters):
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    config = GenerationConfig(max_new_tokens=10)
+    fresh = {name: generate(from_bundle(et_bundle), tok, PROMPT, name, config, set()).output_ids
+             for name in (None, *adapters)}
+    shared = from_bundle(et_bundle)
+    for name in ["answer", "extract", None, "answer", "mem_update", "extract", None, "mem_update"]:
+        assert generate(shared, tok, PROMPT, name, config, set()).output_ids == fresh[name], name
+    assert len({tuple(v) for v in fresh.values()}) > 1  # the adapters really change the output
+
+
+def test_corrupt_program_and_data_are_refused(et_bundle, tmp_path):
+    entry = load_bundle(et_bundle).target("executorch")
+    copy = tmp_path / "bundle"
+    shutil.copytree(et_bundle, copy)
+    pte, ptd = copy / entry["graphs"]["model"], copy / entry["data_files"]["foundation"]
+    with ptd.open("r+b") as fh:
+        fh.truncate(ptd.stat().st_size // 2)
+    with pytest.raises(MemloraError, match="foundation.ptd: sha256 mismatch"):
+        from_bundle(copy)
+    with pytest.raises(MemloraError, match="foundation.ptd"):  # checksums aside, the runtime refuses it
+        ExecuTorchBackend({None: (pte, BASE_METHOD)}, {pte: ptd}).forward(PROMPT, 0, None)
+    garbage = tmp_path / "garbage.pte"
+    garbage.write_bytes(pte.read_bytes()[:64] + b"\x00" * 4096)
+    with pytest.raises(MemloraError, match="garbage.pte"):
+        ExecuTorchBackend({None: (garbage, BASE_METHOD)}, {garbage: et_bundle / entry["data_files"]["foundation"]})
+
+
+def test_fp32_greedy_equals_golden_reference(et_bundle):
+    """Replaying the bundle's golden traces (transformers+peft fp32) on ExecuTorch gives the same ids."""
+    bundle = load_bundle(et_bundle)
+    backend = from_bundle(et_bundle)
+    tok = AutoTokenizer.from_pretrained(et_bundle / "tokenizer")
+    for r in read_traces(bundle.golden_file):
+        ops = bundle.manifest["generation"]["operations"][r.op]
+        config = GenerationConfig(bundle.manifest["golden"]["max_new_tokens"], tuple(ops["stop"]))
+        got = generate(backend, tok, r.prompt_ids, r.adapter, config, bundle.eos_ids)
+        assert got.output_ids == r.output_ids and got.stop_reason == r.stop_reason, r.op
+
+
+def test_llm_runner_generates_like_backend(exported, tiny_model):
+    """The merged base program runs under ExecuTorch's own TextLLMRunner (metadata methods, tokenizer.json)
+    and greedily produces what our decode loop produces on it."""
+    runner_mod = pytest.importorskip("executorch.extension.llm.runner")
+    root, entry = exported["merged", "fp32"]
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    prompt = "Caroline went to a support group"
+    ids = tok(prompt)["input_ids"]
+    eos = set(entry["runner_metadata"]["get_eos_ids"])
+    ours = generate(routes(root, entry), tok, ids, None, GenerationConfig(max_new_tokens=12), eos)
+    pieces: list[str] = []
+    runner = runner_mod.TextLLMRunner(str(root / entry["graphs"]["base"]), str(tiny_model / "tokenizer.json"))
+    runner.generate(prompt, runner_mod.GenerationConfig(echo=False, max_new_tokens=12, temperature=0.0),
+                    token_callback=pieces.append)
+    assert "".join(pieces) == tok.decode(ours.output_ids)
+
+
+def test_memory_pipeline_runs_on_executorch(et_bundle, embedder, tmp_path):
+    """`memlora ask --backend executorch --bundle DIR` path: the scripted conversation gives the reference store."""
+    from memlora.pipeline import MemoryPipeline
+    from memlora.runtime.registry import open_backend as open_named
+    from memlora.session import load_tokenizer
+    from memlora.store import MemoryStore
+    from tests import script
+
+    backend, tok_dir = open_named("executorch", bundle=et_bundle)
+    pipe = MemoryPipeline(backend, load_tokenizer(tok_dir), MemoryStore(tmp_path / "s.sqlite"), embedder)
+    assert pipe.ingest(*script.EXCHANGES[0]).events == [("ADD", "m0")]
+    assert pipe.ingest(*script.EXCHANGES[1]).events == [("UPDATE", "m0")]
+    assert [m.text for m in pipe.store.memories()] == [script.MERGED]
+    assert pipe.answer(script.QUESTION).text == script.ANSWER
