@@ -3,14 +3,16 @@
 The exporter traces `export.decoder`, and the torch exporter records each node's module scope in its
 metadata (``pkg.torch.onnx.name_scopes``): a layer's output is the last node directly in scope
 ``decoder.layers.<i>`` (the second residual add), the embeddings the last node in ``decoder.embed_tokens``.
-The debug graphs are written to a temporary directory next to symlinks of the bundle's weight files, so the
-bundle itself is never touched.
+The debug graphs are written to a temporary directory next to hard links (or, across file systems, copies) of
+the bundle's weight files, so the bundle itself is never touched. Not symlinks: onnxruntime refuses external
+data that resolves outside the model's directory.
 """
 
 from __future__ import annotations
 
 import ast
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -38,6 +40,13 @@ def hidden_outputs(model) -> list[str]:
     return [last["decoder.embed_tokens"]] + [last[k] for k in layers]
 
 
+def _link(src: Path, dest: Path) -> None:
+    try:
+        os.link(src, dest)
+    except OSError:
+        shutil.copyfile(src, dest)
+
+
 class OnnxHiddenProbe:
     """``probe(tokens, adapter)`` -> hidden states from debug copies of a bundle's ONNX graphs."""
 
@@ -57,15 +66,15 @@ class OnnxHiddenProbe:
             self.outputs = hidden_outputs(model)
             for name in self.outputs:
                 model.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
-            for init in model.graph.initializer:  # the debug graph reads the bundle's weights through symlinks
+            for init in model.graph.initializer:
                 for kv in init.external_data:
                     if kv.key == "location" and not (Path(self._dir.name) / kv.value).exists():
-                        os.symlink((src.parent / kv.value).resolve(), Path(self._dir.name) / kv.value)
+                        _link(src.parent / kv.value, Path(self._dir.name) / kv.value)
             path = Path(self._dir.name) / Path(rel).name
             onnx.save_model(model, str(path))
             self.sessions[None if key == "base" else key] = ort.InferenceSession(
                 str(path), session_options(), providers=["CPUExecutionProvider"])
-        self.params = {name: {k: v.numpy() for k, v in read_adapter(root / rel).items()}
+        self.params = {name: {k: v.numpy().copy() for k, v in read_adapter(root / rel).items()}  # own the memory
                        for name, rel in entry.get("adapter_files", {}).items()}
 
     def __call__(self, tokens: list[int], adapter: str | None) -> list[np.ndarray]:

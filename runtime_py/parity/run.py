@@ -24,7 +24,7 @@ from .reference import DecoderReference, fp32_reference
 from .targets import Target, open_target
 from .task import compare_task, run_task
 from .thresholds import Thresholds, check, load_thresholds
-from .traces import check_traces
+from .traces import check_traces, validate_file
 
 REPORT_SCHEMA = "memlora-parity-report/1"
 DECODE_TOKENS = {"full": 24, "quick": 8}
@@ -77,6 +77,8 @@ def run_parity(
     from memlora.session import load_tokenizer
 
     thresholds = thresholds or load_thresholds()
+    if trace is not None:
+        validate_file(Path(trace))  # a malformed device trace is reported before any model is loaded
     bundle = load_bundle(Path(bundle_dir))
     golden_set.check_templates(bundle.manifest)
     progress("check reference model and adapters")
