@@ -23,11 +23,22 @@ DEMO_QUESTIONS = (
 
 def main(
     out: Annotated[Path, typer.Option(help="directory for the store, bundle and reports")] = Path("out/demo"),
+    target: Annotated[str, typer.Option(help="export target(s) for the bundle, comma-separated")] = "onnx",
+    mode: Annotated[str, typer.Option(help="merged | separable adapters in the bundle")] = "separable",
+    quant: Annotated[str, typer.Option(help="fp32 | int8 | int4 base weights in the bundle")] = "int8",
 ) -> None:
     """Run the main job on the default model: setup, ingest, ask, export, parity."""
+    from memlora.export.command import export_bundle
+    from memlora.runtime.parity.html import write_html
+    from memlora.runtime.parity.report import table, write_json
+    from memlora.runtime.parity.run import run_parity
+    from memlora.runtime.parity.thresholds import load_thresholds
+
     from .conversations import load_conversation
+    from .errors import MemloraError
     from .ingest import ingest, plan
-    from .session import open_pipeline
+    from .paths import default_model_dir
+    from .session import default_adapters, open_pipeline
     from .setup import ensure_default_model
 
     console = Console()
@@ -42,3 +53,25 @@ def main(
         console.print(f"  {m.id} ({m.date}) {m.text}", markup=False)
     for q in DEMO_QUESTIONS:
         console.print(f"Q: {q}\nA: {pipeline.answer(q).text}", markup=False)
+
+    adapters = default_adapters()
+    if adapters is None:
+        raise MemloraError("no shipped adapters in memlora/default_adapters: nothing to export")
+    bundle = out / f"bundle-{target.replace(',', '-')}-{mode}-{quant}"
+    if bundle.exists():
+        import shutil
+
+        shutil.rmtree(bundle)
+    console.print(f"exporting {target} ({mode}, {quant}) to {bundle}")
+    targets = [t.strip() for t in target.split(",")]
+    export_bundle(default_model_dir(), adapters, targets, mode, quant, 32, bundle,
+                  stage=lambda s: console.print(f"  {s}"))
+    console.print("parity against the transformers+peft reference (quick golden set)")
+    report = run_parity(bundle, default_model_dir(), adapters, targets, thresholds=load_thresholds(None),
+                        quick=True, progress=lambda m: console.print(f"  {m}", markup=False))
+    write_json(report, out / "parity.json")
+    write_html(report, out / "parity.html")
+    console.print(table(report), markup=False)
+    console.print(f"reports: {out / 'parity.json'}, {out / 'parity.html'}")
+    if not report["passed"]:
+        raise typer.Exit(1)
