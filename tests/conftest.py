@@ -40,9 +40,8 @@ def embedder():
     return Embedder()
 
 
-@pytest.fixture(scope="session")
-def onnx_bundle(tiny_model, taught_adapters, tmp_path_factory):
-    """A separable fp32 ONNX bundle of the taught adapters, written through the `memlora export` verb."""
+def _export_tiny_bundle(target: str, model, adapters, out):
+    """A separable fp32 bundle of `target`, written through the `memlora export` verb as users run it."""
     import typer
     from typer.testing import CliRunner
 
@@ -50,12 +49,17 @@ def onnx_bundle(tiny_model, taught_adapters, tmp_path_factory):
 
     app = typer.Typer()
     app.command()(main)
-    out = tmp_path_factory.mktemp("bundles") / "tiny-onnx"
-    args = ["--model", str(tiny_model), "--adapters", str(taught_adapters), "--target", "onnx",
+    args = ["--model", str(model), "--adapters", str(adapters), "--target", target,
             "--mode", "separable", "--quant", "fp32", "--max-context", "1024", "--out", str(out)]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output + repr(result.exception)
     return out
+
+
+@pytest.fixture(scope="session")
+def onnx_bundle(tiny_model, taught_adapters, tmp_path_factory):
+    """A separable fp32 ONNX bundle of the taught adapters."""
+    return _export_tiny_bundle("onnx", tiny_model, taught_adapters, tmp_path_factory.mktemp("bundles") / "tiny-onnx")
 
 
 @pytest.fixture(scope="session")
@@ -95,17 +99,6 @@ def one_thread():
 
 @pytest.fixture(scope="session")
 def et_bundle(tiny_model, taught_adapters, tmp_path_factory):
-    """A separable fp32 ExecuTorch bundle of the taught adapters, written through the `memlora export` verb."""
-    import typer
-    from typer.testing import CliRunner
-
-    from memlora.export.command import main
-
-    app = typer.Typer()
-    app.command()(main)
-    out = tmp_path_factory.mktemp("bundles") / "tiny-executorch"
-    args = ["--model", str(tiny_model), "--adapters", str(taught_adapters), "--target", "executorch",
-            "--mode", "separable", "--quant", "fp32", "--max-context", "1024", "--out", str(out)]
-    result = CliRunner().invoke(app, args)
-    assert result.exit_code == 0, result.output + repr(result.exception)
-    return out
+    """A separable fp32 ExecuTorch bundle of the taught adapters."""
+    return _export_tiny_bundle("executorch", tiny_model, taught_adapters,
+                               tmp_path_factory.mktemp("bundles") / "tiny-executorch")
