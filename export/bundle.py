@@ -2,7 +2,7 @@
 
 Layout::
 
-    manifest.json            schema `schemas/manifest.schema.json`; sha256 of every other file
+    manifest.json            schema `memlora/schemas/manifest.schema.json`; sha256 of every other file
     tokenizer/               the HF tokenizer files (tokenizer.json, tokenizer_config.json, ...)
     <target>/                per-target artifacts (onnx/base.onnx, onnx/extract.onnx_adapter, ...)
     golden/traces.jsonl      reference outputs (memlora.trace format) an app replays as a self-test
@@ -20,17 +20,21 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
+from memlora.checksum import sha256_file
 from memlora.errors import MemloraError
+from memlora.paths import SCHEMAS
 
-from .decoder import DecoderConfig
-from .lora import Adapter, file_sha256
+if TYPE_CHECKING:  # the runtimes read bundles without importing torch
+    from .decoder import DecoderConfig
+    from .lora import Adapter
+
 
 SCHEMA_VERSION = "memlora-bundle/1"
 MANIFEST = "manifest.json"
 TOKENIZER_DIR = "tokenizer"
-SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "manifest.schema.json"
+SCHEMA_PATH = SCHEMAS / "manifest.schema.json"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
                    "vocab.json", "merges.txt", "generation_config.json")
 
@@ -78,7 +82,7 @@ def copy_tokenizer(model_dir: Path, bundle_dir: Path) -> dict:
 def checksums(bundle_dir: Path) -> dict[str, str]:
     """sha256 of every file under `bundle_dir` except the manifest, keyed by '/'-separated relative path."""
     return {
-        p.relative_to(bundle_dir).as_posix(): file_sha256(p)
+        p.relative_to(bundle_dir).as_posix(): sha256_file(p)
         for p in sorted(bundle_dir.rglob("*"))
         if p.is_file() and p.name != MANIFEST
     }
@@ -179,7 +183,7 @@ def load_bundle(path: Path, verify: bool = True) -> Bundle:
             f = path / rel
             if not f.is_file():
                 raise MemloraError(f"{f}: listed in the manifest but missing from the bundle")
-            actual = file_sha256(f)
+            actual = sha256_file(f)
             if actual != expected:
                 raise MemloraError(
                     f"{f}: sha256 mismatch (manifest {expected[:12]}..., file {actual[:12]}...): "

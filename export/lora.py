@@ -17,7 +17,6 @@ API::
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import re
@@ -27,6 +26,7 @@ from typing import Iterable
 
 import torch
 
+from memlora.checksum import sha256_file
 from memlora.errors import MemloraError
 
 from .decoder import ATTN_TARGETS, FUSED, LORA_TARGETS, Decoder, DecoderConfig, LoraSlots
@@ -50,14 +50,6 @@ class Adapter:
     def manifest_entry(self) -> dict:
         return {"name": self.name, "rank": self.rank, "alpha": self.alpha, "targets": list(self.targets),
                 "sha256": self.sha256}
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with Path(path).open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def expected_shape(config: DecoderConfig, target: str) -> tuple[int, int]:
@@ -149,7 +141,7 @@ def load_adapter(path: Path, config: DecoderConfig, name: str | None = None) -> 
         alpha=float(cfg["lora_alpha"]),
         targets=targets,
         weights=weights,
-        sha256=file_sha256(weights_path),
+        sha256=sha256_file(weights_path),
     )
 
 

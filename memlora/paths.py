@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
+SCHEMAS = Path(__file__).parent / "schemas"  # JSON Schemas of the bundle manifest and the trace format
 
 
 def home() -> Path:

@@ -13,7 +13,6 @@ of them exactly, which is what lets setup demand bit-identical logits after the 
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import os
 import shutil
@@ -25,6 +24,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from memlora.checksum import sha256_file
 from memlora.errors import MemloraError
 from memlora.paths import default_model_dir
 
@@ -38,15 +38,6 @@ STAMP_NAME = "memlora-cache.json"
 STAMP_FORMAT = 1
 CHECK_PROMPT = [{"role": "user", "content": "Anna adopted a dog named Rex last spring."}]
 REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file, read in chunks (the model is hundreds of MB)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def write_stamp(cache_dir: Path, source: dict[str, str]) -> None:

@@ -1,7 +1,7 @@
 """The trace format: one JSON object per generation call, one per line (JSONL).
 
 The reference pipeline, every exported backend, the parity harness and the demo apps all write and read
-this one format (`schemas/trace.schema.json`). A record::
+this one format (`memlora/schemas/trace.schema.json`). A record::
 
     {"schema": "memlora-trace/1", "backend": "torch", "op": "extract", "adapter": "extract",
      "prompt_ids": [...], "output_ids": [...], "stop_reason": "eos"|"stop"|"length",

@@ -17,7 +17,7 @@ def main(
     targets: Annotated[Optional[str], typer.Option("--targets", help="comma-separated targets [default: every target in the bundle]")] = None,
     model: Model = None,
     adapters: Adapters = None,
-    trace: Annotated[Optional[Path], typer.Option("--trace", help="a device trace (JSONL, schemas/trace.schema.json) to check against the reference")] = None,
+    trace: Annotated[Optional[Path], typer.Option("--trace", help="a device trace (JSONL, memlora/schemas/trace.schema.json) to check against the reference")] = None,
     thresholds: Annotated[Optional[Path], typer.Option("--thresholds", help="JSON thresholds merged over the defaults (per precision, per target)")] = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="write the JSON report here")] = None,
     html_out: Annotated[Optional[Path], typer.Option("--html", help="write the self-contained HTML report here")] = None,

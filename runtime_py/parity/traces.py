@@ -1,4 +1,4 @@
-"""Device traces: records an app wrote (schema `schemas/trace.schema.json`) replayed on the reference.
+"""Device traces: records an app wrote (schema `memlora/schemas/trace.schema.json`) replayed on the reference.
 
 Each record is teacher-forced through the fp32 reference along the app's own output: at every step the
 reference's top-1 must be the token the app chose, and the reference's logits for the app's recorded top-k
@@ -14,11 +14,12 @@ import numpy as np
 
 from memlora.backend import Backend
 from memlora.errors import MemloraError
+from memlora.paths import SCHEMAS
 from memlora.trace import read_traces
 
 from .token import TOP_K
 
-SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schemas" / "trace.schema.json"
+SCHEMA_PATH = SCHEMAS / "trace.schema.json"
 
 
 def validate_file(path: Path) -> None:
