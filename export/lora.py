@@ -17,7 +17,6 @@ API::
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import dataclass
@@ -26,13 +25,13 @@ from typing import Iterable
 
 import torch
 
+from memlora.adapters import find_adapters, read_config
 from memlora.checksum import sha256_file
 from memlora.errors import MemloraError
 
 from .decoder import ATTN_TARGETS, FUSED, LORA_TARGETS, Decoder, DecoderConfig, LoraSlots
 
 _KEY = re.compile(r"^base_model\.model\.model\.layers\.(\d+)\.(self_attn|mlp)\.(\w+)\.lora_([AB])\.weight$")
-_UNSUPPORTED = ("use_dora", "modules_to_save", "layers_to_transform", "layers_pattern")
 
 
 @dataclass
@@ -74,31 +73,13 @@ def _pattern_value(patterns: dict, module: str, default):
     return default
 
 
-def _read_config(path: Path) -> dict:
-    cfg_path = path / "adapter_config.json"
-    try:
-        cfg = json.loads(cfg_path.read_text())
-    except (OSError, ValueError) as e:
-        raise MemloraError(f"{cfg_path}: cannot read adapter config ({e})") from e
-    if cfg.get("peft_type", "LORA") != "LORA":
-        raise MemloraError(f"{cfg_path}: peft_type {cfg.get('peft_type')!r} is not LORA")
-    for key in _UNSUPPORTED:
-        if cfg.get(key):
-            raise MemloraError(f"{cfg_path}: {key}={cfg[key]!r} is not supported by the exporters")
-    if cfg.get("bias", "none") != "none":
-        raise MemloraError(f"{cfg_path}: bias={cfg['bias']!r} is not supported (train with bias='none')")
-    if "r" not in cfg or "lora_alpha" not in cfg:
-        raise MemloraError(f"{cfg_path}: r and lora_alpha are required")
-    return cfg
-
-
 def load_adapter(path: Path, config: DecoderConfig, name: str | None = None) -> Adapter:
     """Read a PEFT adapter and check every tensor against the base: known module, layer, and shape."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     path = Path(path)
-    cfg = _read_config(path)
+    cfg = read_config(path)
     weights_path = path / "adapter_model.safetensors"
     try:
         raw = load_file(weights_path)
@@ -147,8 +128,6 @@ def load_adapter(path: Path, config: DecoderConfig, name: str | None = None) -> 
 
 def load_adapters(adapters_dir: Path, config: DecoderConfig) -> dict[str, Adapter]:
     """Every operation adapter under `adapters_dir` (``<op>/adapter_config.json``), in operation order."""
-    from memlora.adapters import find_adapters
-
     return {n: load_adapter(p, config, n) for n, p in find_adapters(Path(adapters_dir)).items()}
 
 

@@ -16,6 +16,7 @@ from . import OPERATIONS
 from .errors import MemloraError
 
 _PREFIX = "base_model.model."
+_UNSUPPORTED = ("use_dora", "modules_to_save", "layers_to_transform", "layers_pattern")
 
 
 @dataclass(frozen=True)
@@ -49,18 +50,35 @@ def find_adapters(adapters_dir: Path, names: tuple[str, ...] = OPERATIONS) -> di
     return found
 
 
-def read_adapter(name: str, path: Path) -> AdapterInfo:
-    """Read rank, alpha and target modules from a PEFT `adapter_config.json`."""
+def read_config(path: Path) -> dict:
+    """A PEFT LoRA `adapter_config.json`, refused with the file named if it is not one every runtime can
+    run (another PEFT type, DoRA, extra trained modules, layer subsets, trained biases)."""
     cfg_file = Path(path) / "adapter_config.json"
     try:
         cfg = json.loads(cfg_file.read_text())
-        targets = cfg["target_modules"]
+    except (OSError, ValueError) as e:
+        raise MemloraError(f"{cfg_file}: cannot read adapter config ({e})") from e
+    if not isinstance(cfg, dict) or cfg.get("peft_type", "LORA") != "LORA":
+        raise MemloraError(f"{cfg_file}: peft_type {cfg.get('peft_type') if isinstance(cfg, dict) else None!r} is not LORA")
+    for key in _UNSUPPORTED:
+        if cfg.get(key):
+            raise MemloraError(f"{cfg_file}: {key}={cfg[key]!r} is not supported")
+    if cfg.get("bias", "none") != "none":
+        raise MemloraError(f"{cfg_file}: bias={cfg['bias']!r} is not supported (train with bias='none')")
+    if "r" not in cfg or "lora_alpha" not in cfg or "target_modules" not in cfg:
+        raise MemloraError(f"{cfg_file}: r, lora_alpha and target_modules are required")
+    return cfg
+
+
+def read_adapter(name: str, path: Path) -> AdapterInfo:
+    """Rank, alpha and target modules of a PEFT LoRA adapter; its weights file must exist."""
+    cfg = read_config(path)
+    targets = cfg["target_modules"]
+    try:
         targets = (targets,) if isinstance(targets, str) else tuple(sorted(targets))
         info = AdapterInfo(name, Path(path), int(cfg["r"]), float(cfg["lora_alpha"]), targets)
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise MemloraError(f"{cfg_file}: not a valid PEFT LoRA adapter config ({e!r})") from e
-    if cfg.get("peft_type", "LORA") != "LORA":
-        raise MemloraError(f"{cfg_file}: peft_type {cfg.get('peft_type')!r} is not LORA")
+    except (ValueError, TypeError) as e:
+        raise MemloraError(f"{Path(path) / 'adapter_config.json'}: not a valid PEFT LoRA adapter config ({e!r})") from e
     if not info.weights_file.is_file():
         raise MemloraError(f"{info.weights_file}: adapter weights are missing")
     return info
