@@ -69,6 +69,8 @@ def test_subprocess_job_reports_rss_and_extra_runs(onnx_bundle, prompt):
               tokenizer=str(onnx_bundle / "tokenizer" / "tokenizer.json"), config=TINY.__dict__)
     got = measure_in_subprocess(job)
     assert got["rss_mb"] > 10
+    memory = got["memory"]
+    assert memory["adapters"] == 3 and 10 < memory["rss_one_adapter_mb"] <= memory["rss_all_adapters_mb"] <= got["rss_mb"]
     assert len(got["tokens"]) == len(got["extra_tokens"]["None"]) == TINY.decode_tokens
 
 

@@ -121,6 +121,24 @@ def measure(backend, tokenizer, prompt: list[int], adapter: str | None, config: 
     return result
 
 
+def current_rss_mb() -> float:
+    """Resident set of this process now (Linux /proc), for memory growth between two points."""
+    import os
+
+    pages = int(Path("/proc/self/statm").read_text().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def adapter_rss(backend, adapter: str | None, token: int) -> dict:
+    """Resident memory with one adapter used, then with every adapter used: separable bundles should
+    grow by about the LoRA weights per adapter, not by a copy of the base model."""
+    backend.forward([token], 0, adapter)
+    one = current_rss_mb()
+    for other in backend.adapters:
+        backend.forward([token], 0, other)
+    return {"rss_one_adapter_mb": one, "rss_all_adapters_mb": current_rss_mb(), "adapters": len(backend.adapters)}
+
+
 def peak_rss_mb() -> float:
     """Peak resident set of this process (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -168,7 +186,9 @@ def run_job(job: Job) -> dict:
     backend = open_job_backend(job)
     load_s = time.perf_counter() - t0
     tokenizer = Tokenizer.from_file(job.tokenizer)  # decode(ids, skip_special_tokens=...) as generate needs
+    memory = adapter_rss(backend, job.adapter, job.prompt[0])
     result = measure(backend, tokenizer, job.prompt, job.adapter, config)
+    result["memory"] = memory
     result["load_s"] = load_s
     result["extra_tokens"] = {
         str(a): run_once(Timed(backend), tokenizer, job.prompt, a, config.decode_tokens)["tokens"]

@@ -45,6 +45,12 @@ def _agree(row: dict) -> str:
     return f"all {a['of']}" if a["first_divergence"] is None else f"{a['first_divergence']}"
 
 
+def _memory(row: dict) -> str:
+    m = row.get("memory")
+    return "—" if not m or m["adapters"] < 2 else (
+        f"{m['rss_one_adapter_mb']:.0f} / {m['rss_all_adapters_mb']:.0f} ({m['adapters']})")
+
+
 def rows(result: dict) -> list[dict]:
     """Every measured row in one list (reference, ours, peers) with a display name."""
     ref = result["reference"]
@@ -57,16 +63,16 @@ def rows(result: dict) -> list[dict]:
 
 def table(result: dict) -> str:
     head = ("| system | precision | decode tok/s (min–max) | prefill tok/s (min–max) | TTFT ms | switch ms | "
-            "peak RSS MB | size MB | roofline frac | decode vs eager fp32 | first divergent token |")
+            "peak RSS MB | RSS 1 / all adapters MB | size MB | roofline frac | decode vs eager fp32 | first divergent token |")
     lines = [head, "|" + " --- |" * (head.count("|") - 1)]
     for r in rows(result):
         if "error" in r:
-            lines.append(f"| {r['who']} | {r['what']} | failed: {r['error'].splitlines()[0][:80]} |" + " |" * 9)
+            lines.append(f"| {r['who']} | {r['what']} | failed: {r['error'].splitlines()[0][:80]} |" + " |" * 10)
             continue
         vs = (r.get("vs_reference") or {}).get("decode_tok_s")
         lines.append(
             f"| {r['who']} | {r['what']} | {_spread(r, 'decode_tok_s')} | {_spread(r, 'prefill_tok_s', 0)} | "
-            f"{_fmt(r['ttft_ms'], 0)} | {_fmt(r.get('switch_ms'), 3)} | {_fmt(r.get('rss_mb'), 0)} | "
+            f"{_fmt(r['ttft_ms'], 0)} | {_fmt(r.get('switch_ms'), 3)} | {_fmt(r.get('rss_mb'), 0)} | {_memory(r)} | "
             f"{_fmt(r.get('size_mb'), 1)} | {_fmt(r.get('roofline_frac'), 2)} | "
             f"{_fmt(vs, 2) + '×' if vs else '—'} | {_agree(r)} |")
     return "\n".join(lines)

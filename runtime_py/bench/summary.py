@@ -32,7 +32,7 @@ def flatten(measured: dict) -> dict:
     for key in FIGURES:
         out[key] = measured[key]["median"]
         out[f"{key}_range"] = [measured[key]["min"], measured[key]["max"]]
-    for key in ("switch_ms", "rss_mb", "size_mb", "load_s", "per_token"):
+    for key in ("switch_ms", "rss_mb", "memory", "size_mb", "load_s", "per_token"):
         if key in measured:
             out[key] = measured[key]
     return out
