@@ -37,15 +37,16 @@ ENVS = {
         (TORCH, "optimum-onnx[onnxruntime]==0.1.0", "transformers==4.57.1", "onnxruntime==1.32.0"),
     )),
     "executorch": PeerEnv("executorch", (
-        (TORCH, "executorch==1.5.1"),
+        (TORCH, "executorch==1.5.1", "safetensors"),
     )),
-    # PyPI has no wheel for this platform: build from the sdist, only the libraries the bindings load (no
-    # multimodal library, only the `llama` target and its ggml dependencies), in a build directory next to
-    # the venv (which `venv --clear` leaves alone) so an interrupted or repeated build resumes instead of starting over
+    # PyPI has no wheel for this platform: build from the sdist, only the libraries the bindings load (the
+    # `llama` and `llama-common` targets, which the install step copies, and their ggml dependencies; no
+    # multimodal library), in a build directory next to the venv (which `venv --clear` leaves alone) so an
+    # interrupted or repeated build resumes instead of starting over
     "llama-cpp": PeerEnv("llama-cpp", (
         ("numpy<2.4",),
         ("--no-binary", "llama-cpp-python", "--config-settings=build-dir={venv}.build",
-         "--config-settings=build.targets=llama", "llama-cpp-python==0.3.36"),
+         "--config-settings=build.targets=llama;llama-common", "llama-cpp-python==0.3.36"),
     ), build_env=(("CMAKE_BUILD_PARALLEL_LEVEL", "2"),
                   ("CMAKE_ARGS", "-DGGML_NATIVE=ON -DLLAMA_CURL=OFF -DLLAVA_BUILD=OFF"))),
 }

@@ -78,8 +78,10 @@ def export(job: dict) -> list[dict]:
             lines += ["quantization:", f"  qmode: {qmode}", f"  group_size: {job['group_size']}"]
         config = out / f"{name}.yaml"
         config.write_text("\n".join(lines) + "\n")
+        # not cwd=out: its model factory drops the `executorch.` package prefix when the working
+        # directory's name ends in "executorch" (as ours, peers/executorch, does)
         result = subprocess.run([sys.executable, "-m", "executorch.extension.llm.export.export_llm",
-                                 "--config", str(config)], capture_output=True, text=True, cwd=out)
+                                 "--config", str(config)], capture_output=True, text=True, cwd=out.parent)
         if result.returncode != 0 or not (out / f"{name}.pte").is_file():
             raise SystemExit(f"export_llm {name} failed:\n" + "\n".join(result.stderr.splitlines()[-20:]))
         rows.append({"name": name, "path": str(out / f"{name}.pte")})
