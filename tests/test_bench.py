@@ -138,3 +138,11 @@ def test_report_has_the_issue_keys(onnx_bundle, tmp_path):
     assert json.loads((tmp_path / "r.json").read_text())["results"][0]["target"] == "onnx"
     assert (tmp_path / "r.png").stat().st_size > 1000
     assert "| memlora onnx separable | fp32 |" in (tmp_path / "b.md").read_text()
+
+
+def test_peer_error_keeps_the_error_not_the_warnings():
+    from memlora.runtime.bench.peers import error_tail
+
+    noise = "x.py:3: FutureWarning: soon gone\n  torch._check_is_size(n)\n" * 50
+    out = error_tail("Traceback (most recent call last):\n" + noise + "ValueError: bad shape\n" + noise, 5)
+    assert out.splitlines() == ["Traceback (most recent call last):", "ValueError: bad shape"]

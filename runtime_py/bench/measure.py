@@ -210,6 +210,8 @@ def measure_in_subprocess(job: Job, timeout: float = 3600) -> dict:
 
     from memlora.errors import MemloraError
 
+    from .peers import error_tail
+
     threads = str(BenchConfig(**job.config).threads)
     env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
     with tempfile.TemporaryDirectory(prefix="memlora-bench-") as tmp:
@@ -218,7 +220,7 @@ def measure_in_subprocess(job: Job, timeout: float = 3600) -> dict:
         result = subprocess.run([sys.executable, "-m", __name__, str(job_file), str(out_file)],
                                 capture_output=True, text=True, env=env, timeout=timeout)
         if result.returncode != 0 or not out_file.is_file():
-            tail = "\n".join(result.stderr.strip().splitlines()[-15:])
+            tail = error_tail(result.stderr, 15)
             raise MemloraError(f"measuring {job.backend} {job.bundle or job.dtype} failed:\n{tail}")
         return json.loads(out_file.read_text())
 

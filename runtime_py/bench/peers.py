@@ -80,10 +80,26 @@ def ensure_venv(name: str, log=print) -> Path:
     return venv_python(name)
 
 
+def error_tail(output: str, lines: int) -> str:
+    """The last `lines` lines of a failed process's output without warnings (exporters print hundreds,
+    each followed by an indented source line, which would push the error itself out of the tail)."""
+    kept, skip_next = [], False
+    for line in output.strip().splitlines():
+        if "Warning" in line or "warnings.warn" in line:
+            skip_next = True
+            continue
+        if skip_next and line.startswith("  "):
+            skip_next = False
+            continue
+        skip_next = False
+        kept.append(line)
+    return "\n".join(kept[-lines:])
+
+
 def _run(cmd: list[str], where: Path, env: dict | None = None) -> None:
     result = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if result.returncode != 0:
-        tail = "\n".join((result.stderr or result.stdout).strip().splitlines()[-15:])
+        tail = error_tail(result.stderr or result.stdout, 15)
         raise MemloraError(f"{where}: `{' '.join(cmd[:6])} ...` failed:\n{tail}")
 
 
@@ -98,7 +114,7 @@ def run_peer(name: str, script: str, job: dict, timeout: float = 3600) -> list[d
         result = subprocess.run([str(python), str(SCRIPTS / script), str(job_file), str(out_file)],
                                 capture_output=True, text=True, env=env, timeout=timeout)
         if result.returncode != 0 or not out_file.is_file():
-            tail = "\n".join((result.stderr or result.stdout).strip().splitlines()[-20:])
+            tail = error_tail(result.stderr or result.stdout, 20)
             raise MemloraError(f"peer {name} ({script}) failed:\n{tail}")
         return json.loads(out_file.read_text())
 
@@ -148,7 +164,7 @@ def prepare(peer: str, model_dir: Path, max_context: int, threads: int, log=prin
     if peer == "executorch":
         modes = {"fp32": None, "8da4w": "8da4w"}
         done = _prepared(peer, {"action": "export", "model_dir": str(model_dir), "modes": modes, "group_size": 32,
-                          "max_seq_length": 512, "max_context_length": max_context}, list(modes))
+                          "max_seq_length": max_context, "max_context_length": max_context}, list(modes))
         return [PeerArtifact("ExecuTorch export_llm (XNNPACK)", "fp32", "fp32", done["fp32"], peer),
                 PeerArtifact("ExecuTorch export_llm (XNNPACK)", "8da4w g32", "int4", done["8da4w"], peer)]
     if peer == "llama-cpp":
