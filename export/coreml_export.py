@@ -111,10 +111,7 @@ def build_decoder(req: TargetRequest, adapter: Adapter | None, slots: LoraSlots 
     decoder.set_lora(adapter)
     if not merged:
         return decoder
-    decoder.merge_lora()
-    plain = Decoder(decoder.config).eval()
-    plain.load_state_dict({k: v for k, v in decoder.state_dict().items() if ".lora_" not in k})
-    return plain
+    return decoder.merged()
 
 
 @contextlib.contextmanager

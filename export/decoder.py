@@ -163,13 +163,26 @@ class LoraLinear(nn.Module):
         self.weight = nn.Parameter(torch.zeros(d_out, d_in), requires_grad=False)
         self.bias = nn.Parameter(torch.zeros(d_out), requires_grad=False) if bias else None
         self.rank = rank
+        self.linear_layout = False
         if rank:
             self.lora_a = nn.Parameter(torch.zeros(d_in, rank), requires_grad=False)
             self.lora_b = nn.Parameter(torch.zeros(rank, d_out), requires_grad=False)
 
+    def to_linear_layout(self) -> None:
+        """Store the filled slots as linear weights (A [rank, in], B [out, rank]) and compute the branch
+        as two linears. XNNPACK delegates a linear with a constant weight but not a matmul on a 3-D
+        activation of dynamic length: in the matmul layout every LoRA branch became separate delegate
+        calls (63 instead of 19 for 4 layers), slowing the program and making lowering quadratic."""
+        if self.rank and not self.linear_layout:
+            self.lora_a = nn.Parameter(self.lora_a.t().contiguous(), requires_grad=False)
+            self.lora_b = nn.Parameter(self.lora_b.t().contiguous(), requires_grad=False)
+            self.linear_layout = True
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = nn.functional.linear(x, self.weight, self.bias)
-        if self.rank:
+        if self.rank and self.linear_layout:
+            y = y + nn.functional.linear(nn.functional.linear(x, self.lora_a), self.lora_b)
+        elif self.rank:
             y = y + (x @ self.lora_a) @ self.lora_b
         return y
 
@@ -353,6 +366,14 @@ class Decoder(nn.Module):
             for m in self.lora_modules().values():
                 m.weight += (m.lora_a @ m.lora_b).T
         self.clear_lora()
+
+    def merged(self) -> "Decoder":
+        """A copy without LoRA slots, the active adapter folded into its weights: what a merged export
+        runs (no zero low-rank branch left in the graph)."""
+        self.merge_lora()
+        plain = Decoder(self.config).eval()
+        plain.load_state_dict({k: v for k, v in self.state_dict().items() if ".lora_" not in k})
+        return plain
 
     def fuse_projections(self) -> None:
         """Replace q/k/v by one ``qkv_proj`` and gate/up by one ``gate_up_proj`` (weights concatenated).

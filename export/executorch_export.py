@@ -111,7 +111,9 @@ def build_module(model_dir: Path, max_context: int, adapter: Adapter | None, slo
     if adapter is not None:
         decoder.set_lora(adapter)
         if merge:
-            decoder.merge_lora()
+            decoder = decoder.merged()
+        for m in decoder.lora_modules().values():
+            m.to_linear_layout()  # one XNNPACK partition per run of linears, not one per LoRA matmul
     module = EtDecoder(decoder).eval()
     executorch_quant.quantize_model(module, quant, block_size, embedding_int8, is_base_linear)
     return module

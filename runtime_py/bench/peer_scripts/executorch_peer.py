@@ -72,8 +72,8 @@ def export(job: dict) -> list[dict]:
                  "  use_sdpa_with_kv_cache: true", "  enable_dynamic_shape: true", "  dtype_override: fp32",
                  "export:", f"  max_seq_length: {job['max_seq_length']}",
                  f"  max_context_length: {job['max_context_length']}", f"  output_dir: {out}",
-                 f"  output_name: {out / f'{name}.pte'}",  # a bare name lands in the working directory "backend:", "  xnnpack:", "    enabled: true",
-                 "    extended_ops: true"]
+                 f"  output_name: {out / f'{name}.pte'}",  # a bare name lands in the working directory
+                 "backend:", "  xnnpack:", "    enabled: true", "    extended_ops: true"]
         if qmode:
             lines += ["quantization:", f"  qmode: {qmode}", f"  group_size: {job['group_size']}"]
         config = out / f"{name}.yaml"
