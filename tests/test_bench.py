@@ -146,3 +146,4 @@ def test_peer_error_keeps_the_error_not_the_warnings():
     noise = "x.py:3: FutureWarning: soon gone\n  torch._check_is_size(n)\n" * 50
     out = error_tail("Traceback (most recent call last):\n" + noise + "ValueError: bad shape\n" + noise, 5)
     assert out.splitlines() == ["Traceback (most recent call last):", "ValueError: bad shape"]
+    assert error_tail("", 5, -4) == "killed by SIGILL"

@@ -220,7 +220,7 @@ def measure_in_subprocess(job: Job, timeout: float = 3600) -> dict:
         result = subprocess.run([sys.executable, "-m", __name__, str(job_file), str(out_file)],
                                 capture_output=True, text=True, env=env, timeout=timeout)
         if result.returncode != 0 or not out_file.is_file():
-            tail = error_tail(result.stderr, 15)
+            tail = error_tail(result.stderr, 15, result.returncode)
             raise MemloraError(f"measuring {job.backend} {job.bundle or job.dtype} failed:\n{tail}")
         return json.loads(out_file.read_text())
 

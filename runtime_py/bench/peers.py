@@ -80,9 +80,15 @@ def ensure_venv(name: str, log=print) -> Path:
     return venv_python(name)
 
 
-def error_tail(output: str, lines: int) -> str:
+def error_tail(output: str, lines: int, returncode: int | None = None) -> str:
     """The last `lines` lines of a failed process's output without warnings (exporters print hundreds,
-    each followed by an indented source line, which would push the error itself out of the tail)."""
+    each followed by an indented source line, which would push the error itself out of the tail), and
+    how it ended when a signal killed it (a native crash such as SIGILL prints nothing)."""
+    import signal
+
+    ending = ""
+    if returncode is not None and returncode < 0:
+        ending = f"killed by {signal.Signals(-returncode).name}"
     kept, skip_next = [], False
     for line in output.strip().splitlines():
         if "Warning" in line or "warnings.warn" in line:
@@ -93,13 +99,13 @@ def error_tail(output: str, lines: int) -> str:
             continue
         skip_next = False
         kept.append(line)
-    return "\n".join(kept[-lines:])
+    return "\n".join(kept[-lines:] + ([ending] if ending else []))
 
 
 def _run(cmd: list[str], where: Path, env: dict | None = None) -> None:
     result = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if result.returncode != 0:
-        tail = error_tail(result.stderr or result.stdout, 15)
+        tail = error_tail(result.stderr or result.stdout, 15, result.returncode)
         raise MemloraError(f"{where}: `{' '.join(cmd[:6])} ...` failed:\n{tail}")
 
 
@@ -114,7 +120,7 @@ def run_peer(name: str, script: str, job: dict, timeout: float = 3600) -> list[d
         result = subprocess.run([str(python), str(SCRIPTS / script), str(job_file), str(out_file)],
                                 capture_output=True, text=True, env=env, timeout=timeout)
         if result.returncode != 0 or not out_file.is_file():
-            tail = error_tail(result.stderr or result.stdout, 20)
+            tail = error_tail(result.stderr or result.stdout, 20, result.returncode)
             raise MemloraError(f"peer {name} ({script}) failed:\n{tail}")
         return json.loads(out_file.read_text())
 
