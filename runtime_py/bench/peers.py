@@ -42,13 +42,18 @@ ENVS = {
     # PyPI has no wheel for this platform: build from the sdist, only the libraries the bindings load (the
     # `llama` and `llama-common` targets, which the install step copies, and their ggml dependencies; no
     # multimodal library), in a build directory next to the venv (which `venv --clear` leaves alone) so an
-    # interrupted or repeated build resumes instead of starting over
+    # interrupted or repeated build resumes instead of starting over; no pip wheel cache, which would
+    # hand back a wheel built with other settings
     "llama-cpp": PeerEnv("llama-cpp", (
         ("numpy<2.4",),
-        ("--no-binary", "llama-cpp-python", "--config-settings=build-dir={venv}.build",
+        ("--no-binary", "llama-cpp-python", "--no-cache-dir", "--config-settings=build-dir={venv}.build",
          "--config-settings=build.targets=llama;llama-common", "llama-cpp-python==0.3.36"),
     ), build_env=(("CMAKE_BUILD_PARALLEL_LEVEL", "2"),
-                  ("CMAKE_ARGS", "-DGGML_NATIVE=ON -DLLAMA_CURL=OFF -DLLAVA_BUILD=OFF"))),
+                  # not GGML_NATIVE: -march=native turns on ggml's AMX kernels where the CPU lists AMX, and
+                  # the quantized models then die with SIGILL in a VM that does not grant AMX tile state
+                  ("CMAKE_ARGS", "-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON "
+                                 "-DGGML_AVX512=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON "
+                                 "-DLLAMA_CURL=OFF -DLLAVA_BUILD=OFF"))),
 }
 
 
@@ -66,6 +71,8 @@ def ensure_venv(name: str, log=print) -> Path:
     root = venv_root() / name
     stamp = root / "memlora-peer.json"
     want = {"requirements": [list(g) for g in env.requirements]}
+    if env.build_env:  # a changed build setting rebuilds the venv too
+        want["build_env"] = [list(kv) for kv in env.build_env]
     if stamp.is_file() and json.loads(stamp.read_text()) == want:
         return venv_python(name)
     log(f"creating peer venv {root} (first use; building can take minutes)")
