@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
+import socket
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +35,8 @@ if TYPE_CHECKING:  # the runtimes read bundles without importing torch
 
 SCHEMA_VERSION = "memlora-bundle/1"
 MANIFEST = "manifest.json"
+OWNER = ".owner"
+"""In a staging directory: `<host> <pid>` of the exporting process."""
 TOKENIZER_DIR = "tokenizer"
 SCHEMA_PATH = SCHEMAS / "manifest.schema.json"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
@@ -101,13 +105,19 @@ def validate_manifest(manifest: dict, source: Path) -> None:
 
 @contextlib.contextmanager
 def staging(out: Path) -> Iterator[Path]:
-    """A temporary directory next to `out`; removed if the block fails, so no partial bundle remains."""
+    """A temporary directory next to `out`; removed if the block fails, so no partial bundle remains.
+
+    A killed export (SIGKILL, power loss) cannot clean up after itself: its staging directory names the
+    process that owns it (``OWNER``), and the next export to the same `out` removes those whose owner is
+    gone."""
     out = Path(out).resolve()
     if out.exists() and not (out / MANIFEST).is_file():
         if not out.is_dir() or any(out.iterdir()):
             raise MemloraError(f"{out}: exists and is not a bundle; refusing to overwrite it")
     out.parent.mkdir(parents=True, exist_ok=True)
+    remove_abandoned(out)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    (tmp / OWNER).write_text(f"{socket.gethostname()} {os.getpid()}\n")
     try:
         yield tmp
     except BaseException:
@@ -115,9 +125,34 @@ def staging(out: Path) -> Iterator[Path]:
         raise
 
 
+def remove_abandoned(out: Path) -> list[Path]:
+    """Delete staging directories of `out` left by export processes of this host that no longer run."""
+    removed = []
+    for tmp in out.parent.glob(f".{out.name}.partial-*"):
+        try:
+            host, pid = (tmp / OWNER).read_text().split()
+        except (OSError, ValueError):
+            continue  # not ours to judge: no owner recorded
+        if host == socket.gethostname() and not _running(int(pid)):
+            shutil.rmtree(tmp, ignore_errors=True)
+            removed.append(tmp)
+    return removed
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # alive, owned by someone else
+    return True
+
+
 def publish(tmp: Path, out: Path, manifest: dict) -> Path:
     """Checksum every file, validate and write the manifest, then rename the bundle into place."""
     out = Path(out).resolve()
+    (tmp / OWNER).unlink(missing_ok=True)
     manifest = {**manifest, "files": checksums(tmp)}
     validate_manifest(manifest, tmp / MANIFEST)
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, ensure_ascii=False) + "\n")

@@ -120,9 +120,11 @@ def main(
         current: list = []
 
         def stage(name: str) -> None:
-            """Complete the previous stage's bar and start one for `name`."""
+            """Complete the previous stage's bar (and log its time: CI logs show no live bars), start `name`."""
             if current:
+                task = progress.tasks[-1]
                 progress.update(current[-1], total=1, completed=1)
+                progress.console.log(f"{task.description}: {task.elapsed:.1f} s")
             current.append(progress.add_task(name, total=None))
 
         path = export_bundle(model_dir, adapters_dir, targets, mode, quant, block_size, out, max_context,

@@ -222,15 +222,16 @@ class Attention(nn.Module):
     def qkv(self, x: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | None):
         """Projections and RoPE: q [1, T, heads, D], k/v [1, T, kv_heads, D]; no RoPE if `cos` is None
         (for attention kernels that rotate q and k themselves)."""
-        b, t, _ = x.shape
+        b = x.shape[0]
         if hasattr(self, "qkv_proj"):  # fused by Decoder.fuse_projections
             kv = self.c.num_kv_heads * self.c.head_dim
             q, k, v = self.qkv_proj(x).split([self.c.num_heads * self.c.head_dim, kv, kv], dim=-1)
         else:
             q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
-        q = q.view(b, t, self.c.num_heads, self.c.head_dim)
-        k = k.view(b, t, self.c.num_kv_heads, self.c.head_dim)
-        v = v.view(b, t, self.c.num_kv_heads, self.c.head_dim)
+        # -1, not `t`: a reshape to a symbolic length stays outside XNNPACK delegates (ExecuTorch)
+        q = q.view(b, -1, self.c.num_heads, self.c.head_dim)
+        k = k.view(b, -1, self.c.num_kv_heads, self.c.head_dim)
+        v = v.view(b, -1, self.c.num_kv_heads, self.c.head_dim)
         if cos is None:
             return q, k, v
         return rotate(q, cos, sin), rotate(k, cos, sin), v

@@ -111,6 +111,9 @@ def test_export_load_run(exported, tiny_model, adapters, mode, quant):
     for method in entry["delegation"].values():
         for stats in method.values():
             assert 0 < stats["delegated_nodes"] < stats["total_nodes"]
+            # attention runs on ExecuTorch's LLM kernels, no linear does
+            assert "custom_sdpa" in stats["outside_delegates"]
+            assert not set(stats["outside_delegates"]) & set(ee.LINEAR_OPS)
 
 
 def test_portable_linear_and_weight_only_are_refused(tiny_model):
