@@ -198,3 +198,27 @@ def test_memory_pipeline_runs_on_executorch(et_bundle, embedder, tmp_path):
     assert pipe.ingest(*script.EXCHANGES[1]).events == [("UPDATE", "m0")]
     assert [m.text for m in pipe.store.memories()] == [script.MERGED]
     assert pipe.answer(script.QUESTION).text == script.ANSWER
+
+
+def test_bench_counts_what_a_decode_step_of_a_separable_program_reads(et_bundle, tiny_model, taught_adapters):
+    """The roofline's bytes: the program and its data, less all but one embedding row and the LoRA weights
+    of the adapters not running (checked against the adapter files' own tensors)."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from memlora.runtime.bench import summary
+
+    cfg = json.loads((tiny_model / "config.json").read_text())
+    manifest = load_bundle(et_bundle).manifest
+    entry = manifest["targets"]["executorch"]
+    for a in manifest["adapters"]:
+        tensors = load_file(taught_adapters / a["name"] / "adapter_model.safetensors")
+        assert summary.lora_bytes(a, cfg) == sum(4 * t.numel() for k, t in tensors.items() if "lora_" in k)
+    read, _ = summary.bytes_per_token({"entry": entry, "bundle": str(et_bundle), "target": "executorch"},
+                                      "extract", 0.0, cfg)
+    files = sum((et_bundle / f).stat().st_size for f in entry["files"])
+    embedding = cfg["vocab_size"] * cfg["hidden_size"] * 4
+    others = sum(summary.lora_bytes(a, cfg) for a in manifest["adapters"] if a["name"] != "extract")
+    assert read == files - (embedding - embedding // cfg["vocab_size"]) - others
+    assert 0 < read < files

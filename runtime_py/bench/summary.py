@@ -3,6 +3,7 @@ greedy agreement with eager fp32, the bandwidth roofline, and the goals met or m
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from . import bandwidth
@@ -10,6 +11,7 @@ from .measure import BenchConfig
 
 FIGURES = ("decode_tok_s", "prefill_tok_s", "ttft_ms")
 PRECISION_CLASS = {"fp32": "fp32", "int8": "int8", "int4": "int4", "bf16": "bf16"}
+EMBED_BYTES = {"fp32": 4, "fp16": 2, "int8": 1}
 
 
 def first_divergence(tokens: list[int], reference: list[int]) -> int | None:
@@ -43,7 +45,7 @@ def ratios(row: dict, ref: dict) -> dict:
     return {key: row[key] / ref[key] for key in (*FIGURES, "rss_mb") if row.get(key) and ref.get(key)}
 
 
-def bytes_per_token(art: dict, adapter: str, kv_bytes: float) -> tuple[float, str]:
+def bytes_per_token(art: dict, adapter: str, kv_bytes: float, model_cfg: dict) -> tuple[float, str]:
     """Bytes one decode step of our artifact reads, and how that was counted."""
     entry, root = art["entry"], Path(art["bundle"])
     if art["target"] == "onnx":
@@ -53,9 +55,30 @@ def bytes_per_token(art: dict, adapter: str, kv_bytes: float) -> tuple[float, st
         else:
             weights, _ = bandwidth.onnx_weight_bytes(root / entry["graphs"][adapter])
         return weights + kv_bytes, "graph initializers (embedding: one row) + adapter + KV cache"
-    others = [a for a in entry.get("adapter_files", {}) if a != adapter]
-    files = [root / f for f in entry["files"] if not any(f"/{o}." in f"/{Path(f).name}" for o in others)]
-    return sum(f.stat().st_size for f in files) + kv_bytes, "artifact files for this adapter + KV cache"
+    # program files (ExecuTorch, Core ML): the program this adapter runs, less what a step does not read --
+    # all but one row of the token embedding and, where one program holds every adapter, the others' LoRA
+    graph = entry["graphs"].get(adapter) or next(iter(entry["graphs"].values()))
+    data = set(entry.get("data_files", {}).values())
+    files = [f for f in entry["files"] if f == graph or f.startswith(graph + "/") or f in data]
+    manifest = json.loads((root / "manifest.json").read_text())
+    model = manifest["model"]
+    embed = model["vocab_size"] * model["hidden_size"] * EMBED_BYTES[entry["quantization"].get("embedding", "fp32")]
+    unread = embed - embed // model["vocab_size"]
+    if adapter not in entry["graphs"]:
+        unread += sum(lora_bytes(a, model_cfg) for a in manifest["adapters"] if a["name"] != adapter)
+    read = sum((root / f).stat().st_size for f in files) - unread
+    return read + kv_bytes, "program for this adapter (embedding: one row; other adapters' LoRA not read) + KV cache"
+
+
+def lora_bytes(adapter: dict, model_cfg: dict) -> int:
+    """fp32 bytes of one adapter's LoRA A and B over every layer, from its rank and target modules."""
+    h, inter = model_cfg["hidden_size"], model_cfg["intermediate_size"]
+    heads = model_cfg["num_attention_heads"]
+    hd = model_cfg.get("head_dim") or h // heads
+    q, kv = heads * hd, model_cfg.get("num_key_value_heads", heads) * hd
+    dims = {"q_proj": h + q, "k_proj": h + kv, "v_proj": h + kv, "o_proj": q + h,
+            "gate_proj": h + inter, "up_proj": h + inter, "down_proj": inter + h}
+    return 4 * model_cfg["num_hidden_layers"] * adapter["rank"] * sum(dims[t] for t in adapter["targets"])
 
 
 def peer_bytes(row: dict, kv_bytes: float) -> tuple[float, str]:
@@ -89,7 +112,7 @@ def assemble(machine: dict, bw: float, config: BenchConfig, prompt: list[int], m
             results.append({**base, "error": art["error"]})
             continue
         row = {**base, **flatten(art), "size_mb": art["size_mb"], "adapter": BENCH_ADAPTER}
-        with_roofline(row, *bytes_per_token(art, BENCH_ADAPTER, kv))
+        with_roofline(row, *bytes_per_token(art, BENCH_ADAPTER, kv, model_cfg))
         row["agreement"] = agreement(art["tokens"], ref_tokens, "eager fp32, same adapter")
         row["vs_reference"] = ratios(row, ref32)
         row["vs_reference_bf16"] = ratios(row, ref16)
@@ -150,9 +173,12 @@ def goals(results: list[dict], peer_rows: list[dict]) -> list[dict]:
              f"ours {best['target']} {best['precision']} {best['decode_tok_s']:.1f} tok/s agree "
              f"{best['agreement']['agree_tokens']}; {top['name']} {top['precision']} {top['decode_tok_s']:.1f} agree "
              f"{top['agreement']['agree_tokens']}")
-        goal("best separable prefill / best peer prefill", best["prefill_tok_s"] / top["prefill_tok_s"], ">= 1.0",
-             best["prefill_tok_s"] >= top["prefill_tok_s"],
-             f"{best['prefill_tok_s']:.0f} vs {top['prefill_tok_s']:.0f} tok/s")
+        fast = max(sep, key=lambda r: r["prefill_tok_s"])
+        peer = max(ps, key=lambda p: p["prefill_tok_s"])  # the fastest prefill of any peer, not of `top`
+        goal("best separable prefill / best peer prefill", fast["prefill_tok_s"] / peer["prefill_tok_s"], ">= 1.0",
+             fast["prefill_tok_s"] >= peer["prefill_tok_s"],
+             f"ours {fast['target']} {fast['precision']} {fast['prefill_tok_s']:.0f} tok/s; {peer['name']} "
+             f"{peer['precision']} {peer['prefill_tok_s']:.0f}")
     for r in sep:
         if r["target"] != "onnx":
             continue
