@@ -107,7 +107,6 @@ class EtDecoder(nn.Module):
             layer.self_attn.v_cache = torch.zeros(0)
             self.register_buffer(f"k_cache_{i}", torch.zeros(shape), persistent=False)
             self.register_buffer(f"v_cache_{i}", torch.zeros(shape), persistent=False)
-        for layer in decoder.layers:
             layer.input_layernorm = LinearMeanRMSNorm(layer.input_layernorm)
             layer.post_attention_layernorm = LinearMeanRMSNorm(layer.post_attention_layernorm)
         decoder.norm = LinearMeanRMSNorm(decoder.norm)
@@ -218,10 +217,10 @@ def delegation(edge, method: str) -> dict:
             f"(first: {portable[0].target}); refusing a slow, partially delegated program"
         )
     total = info.num_delegated_nodes + info.num_non_delegated_nodes
-    outside = Counter(op_name(n) for n in gm.graph.nodes if n.op == "call_function"
-                      and op_name(n) not in ("executorch_call_delegate", "getitem"))
+    ops = Counter(op_name(n) for n in gm.graph.nodes if n.op == "call_function")
+    outside = {op: count for op, count in ops.most_common() if op not in ("executorch_call_delegate", "getitem")}
     return {"delegated_nodes": info.num_delegated_nodes, "total_nodes": total,
-            "delegates": info.num_delegated_subgraphs, "outside_delegates": dict(outside.most_common())}
+            "delegates": info.num_delegated_subgraphs, "outside_delegates": outside}
 
 
 def lower(programs: dict, metadata: dict, separate: bool):

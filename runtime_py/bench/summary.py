@@ -3,7 +3,6 @@ greedy agreement with eager fp32, the bandwidth roofline, and the goals met or m
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from . import bandwidth
@@ -60,12 +59,13 @@ def bytes_per_token(art: dict, adapter: str, kv_bytes: float, model_cfg: dict) -
     graph = entry["graphs"].get(adapter) or next(iter(entry["graphs"].values()))
     data = set(entry.get("data_files", {}).values())
     files = [f for f in entry["files"] if f == graph or f.startswith(graph + "/") or f in data]
-    manifest = json.loads((root / "manifest.json").read_text())
-    model = manifest["model"]
-    embed = model["vocab_size"] * model["hidden_size"] * EMBED_BYTES[entry["quantization"].get("embedding", "fp32")]
-    unread = embed - embed // model["vocab_size"]
+    embed = model_cfg["vocab_size"] * model_cfg["hidden_size"] * EMBED_BYTES[entry["quantization"].get("embedding", "fp32")]
+    unread = embed - embed // model_cfg["vocab_size"]
     if adapter not in entry["graphs"]:
-        unread += sum(lora_bytes(a, model_cfg) for a in manifest["adapters"] if a["name"] != adapter)
+        from memlora.export.bundle import load_bundle
+
+        adapters = load_bundle(root, verify=False).manifest["adapters"]
+        unread += sum(lora_bytes(a, model_cfg) for a in adapters if a["name"] != adapter)
     read = sum((root / f).stat().st_size for f in files) - unread
     return read + kv_bytes, "program for this adapter (embedding: one row; other adapters' LoRA not read) + KV cache"
 
