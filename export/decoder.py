@@ -38,12 +38,15 @@ Building blocks for other cache layouts (the ONNX target uses onnxruntime's Grou
 
 ``attend`` receives ``q [1, T, heads, head_dim]`` and ``k, v [1, T, kv_heads, head_dim]`` after RoPE, or
 before it when ``cos, sin = None, None`` (for fused attention kernels that apply RoPE from the decoder's
-tables ``rope_cos`` / ``rope_sin`` ``[max_context, head_dim]`` themselves).
+tables ``rope_cos`` / ``rope_sin`` ``[max_context, head_dim]`` themselves). With ``packed=True`` (after
+``fuse_projections``) it receives the ``qkv_proj`` output ``[1, T, (heads + 2 kv_heads) * head_dim]`` as is,
+for kernels that take q|k|v packed: no split or reshape ops in the graph.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -62,7 +65,7 @@ MLP_TARGETS = ("gate_proj", "up_proj", "down_proj")
 LORA_TARGETS = ATTN_TARGETS + MLP_TARGETS
 STATIC_ROPE_TYPES = ("default", "linear", "llama3", "yarn")
 
-Attend = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+Attend = Callable[..., torch.Tensor]  # (layer, q, k, v), or (layer, qkv) when packed
 
 
 @dataclass(frozen=True)
@@ -156,35 +159,59 @@ class LoraSlots:
 
 
 class LoraLinear(nn.Module):
-    """A linear layer with an optional low-rank slot: ``y = x W^T + b + (x A) B`` (scale folded in B)."""
+    """A linear layer with an optional low-rank slot: ``y = x W^T + b + (x A) B`` (scale folded in B).
 
-    def __init__(self, d_in: int, d_out: int, bias: bool, rank: int = 0):
+    A fused projection (`Decoder.fuse_projections`) stores B per output chunk: `chunks` names, for each
+    equal-width chunk of the output, the member whose rank block feeds it, and ``lora_b`` is
+    ``[chunks, rank per member, chunk width]``. That is the members' own B's and nothing else; a
+    block-diagonal ``[members * rank, out]`` B would store (and read at every step) mostly zeros."""
+
+    def __init__(self, d_in: int, d_out: int, bias: bool, rank: int = 0, chunks: tuple[int, ...] = ()):
         super().__init__()
         self.weight = nn.Parameter(torch.zeros(d_out, d_in), requires_grad=False)
         self.bias = nn.Parameter(torch.zeros(d_out), requires_grad=False) if bias else None
         self.rank = rank
+        self.chunks = chunks
         self.linear_layout = False
         if rank:
             self.lora_a = nn.Parameter(torch.zeros(d_in, rank), requires_grad=False)
-            self.lora_b = nn.Parameter(torch.zeros(rank, d_out), requires_grad=False)
+            shape = (len(chunks), rank // self.members, d_out // len(chunks)) if chunks else (rank, d_out)
+            self.lora_b = nn.Parameter(torch.zeros(shape), requires_grad=False)
+            if chunks and chunks != tuple(range(self.members)):
+                self.register_buffer("chunk_member", torch.tensor(chunks), persistent=False)
+
+    @property
+    def members(self) -> int:
+        return max(self.chunks) + 1 if self.chunks else 1
 
     def to_linear_layout(self) -> None:
         """Store the filled slots as linear weights (A [rank, in], B [out, rank]) and compute the branch
         as two linears. XNNPACK delegates a linear with a constant weight but not a matmul on a 3-D
         activation of dynamic length: in the matmul layout every LoRA branch became separate delegate
         calls (63 instead of 19 for 4 layers), slowing the program and making lowering quadratic."""
+        if self.chunks:
+            raise MemloraError("a fused projection's LoRA slot has no linear layout")
         if self.rank and not self.linear_layout:
             self.lora_a = nn.Parameter(self.lora_a.t().contiguous(), requires_grad=False)
             self.lora_b = nn.Parameter(self.lora_b.t().contiguous(), requires_grad=False)
             self.linear_layout = True
 
+    def lora(self, x: torch.Tensor) -> torch.Tensor:
+        """The low-rank branch ``(x A) B`` alone."""
+        if self.linear_layout:
+            return nn.functional.linear(nn.functional.linear(x, self.lora_a), self.lora_b)
+        h = x @ self.lora_a
+        if not self.chunks:
+            return h @ self.lora_b
+        h = h.reshape(-1, self.members, self.lora_b.shape[1])  # [N, members, r]
+        if hasattr(self, "chunk_member"):
+            h = h.index_select(1, self.chunk_member)  # [N, chunks, r]
+        out = torch.matmul(h.transpose(0, 1), self.lora_b)  # [chunks, N, width]: one batched matmul
+        return out.transpose(0, 1).reshape(x.shape[0], -1, self.weight.shape[0])
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = nn.functional.linear(x, self.weight, self.bias)
-        if self.rank and self.linear_layout:
-            y = y + nn.functional.linear(nn.functional.linear(x, self.lora_a), self.lora_b)
-        elif self.rank:
-            y = y + (x @ self.lora_a) @ self.lora_b
-        return y
+        return y + self.lora(x) if self.rank else y
 
 
 class RMSNorm(nn.Module):
@@ -294,9 +321,10 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps)
         self.mlp = MLP(c, slots)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attend) -> torch.Tensor:
-        q, k, v = self.self_attn.qkv(self.input_layernorm(x), cos, sin)
-        x = x + self.self_attn.o_proj(attend(q, k, v))
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attend, packed: bool = False):
+        h = self.input_layernorm(x)
+        out = attend(self.self_attn.qkv_proj(h)) if packed else attend(*self.self_attn.qkv(h, cos, sin))
+        x = x + self.self_attn.o_proj(out)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -365,7 +393,7 @@ class Decoder(nn.Module):
         """Fold the active adapter into the base weights (exact in fp32) and zero the slots."""
         with torch.no_grad():
             for m in self.lora_modules().values():
-                m.weight += (m.lora_a @ m.lora_b).T
+                m.weight += m.lora(torch.eye(m.weight.shape[1])[None]).squeeze(0).T
         self.clear_lora()
 
     def merged(self) -> "Decoder":
@@ -380,15 +408,19 @@ class Decoder(nn.Module):
         """Replace q/k/v by one ``qkv_proj`` and gate/up by one ``gate_up_proj`` (weights concatenated).
 
         Fewer, larger matmuls per layer: what a runtime with a fixed cost per kernel (onnxruntime) decodes
-        fastest. A fused LoRA slot holds its members' slots side by side: A ``[in, members * rank]`` and a
-        block-diagonal B ``[members * rank, sum of outs]`` (`memlora.export.lora.slot_tensors` builds them).
+        fastest. A fused LoRA slot has A ``[in, members * rank]`` (the members' A's side by side) and B per
+        output chunk of the members' common width (see `LoraLinear`; `memlora.export.lora.slot_tensors`
+        fills them): q/k/v of SmolLM2-135M are 3 + 1 + 1 chunks of 192 columns.
         """
         for layer in self.layers:
             for block, fused, members in ((layer.self_attn, "qkv_proj", QKV), (layer.mlp, "gate_up_proj", GATE_UP)):
                 parts = [getattr(block, m) for m in members]
+                widths = [p.weight.shape[0] for p in parts]
+                width = math.gcd(*widths)
+                chunks = tuple(i for i, w in enumerate(widths) for _ in range(w // width))
                 rank = max(p.rank for p in parts) * len(parts)  # every member gets a block, zero if untargeted
-                lin = LoraLinear(parts[0].weight.shape[1], sum(p.weight.shape[0] for p in parts),
-                                 parts[0].bias is not None, rank)
+                lin = LoraLinear(parts[0].weight.shape[1], sum(widths), parts[0].bias is not None, rank,
+                                 chunks if rank else ())
                 with torch.no_grad():
                     lin.weight.copy_(torch.cat([p.weight for p in parts]))
                     if lin.bias is not None:
@@ -410,12 +442,15 @@ class Decoder(nn.Module):
         return self.rope_cos[input_pos], self.rope_sin[input_pos]
 
     def run_layers(
-        self, x: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | None, attend: Attend
+        self, x: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | None, attend: Attend,
+        packed: bool = False,
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """All layers with the caller's attention; returns the last hidden state and every layer's output."""
+        if packed and not hasattr(self.layers[0].self_attn, "qkv_proj"):
+            raise MemloraError("run_layers(packed=True) needs fuse_projections() first")
         hidden = [x]
         for i, layer in enumerate(self.layers):
-            x = layer(x, cos, sin, lambda q, k, v, i=i: attend(i, q, k, v))
+            x = layer(x, cos, sin, lambda *qkv, i=i: attend(i, *qkv), packed)
             hidden.append(x)
         return x, hidden
 

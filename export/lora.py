@@ -139,10 +139,10 @@ def unify_slots(adapters: Iterable[Adapter]) -> LoraSlots:
 
 
 def slot_tensors(decoder: Decoder, adapter: Adapter | None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """The (A [in, r], B [r, out]) each slot of `decoder` holds for `adapter`: transposed from PEFT's layout,
-    zero-padded to the slot rank, zero if absent. A fused slot (``qkv_proj``, ``gate_up_proj``) holds its
-    members side by side: member i owns columns ``i*r ..`` of A and the matching rows of B, which map to
-    its own output columns only (B is block-diagonal)."""
+    """The (A, B) each slot of `decoder` holds for `adapter`, shaped like the slot: transposed from PEFT's
+    layout, zero-padded to the slot rank, zero if absent. A fused slot (``qkv_proj``, ``gate_up_proj``)
+    holds its members side by side in A (member i owns columns ``i*r ..``) and its B per output chunk
+    (see `LoraLinear`): chunk j holds, from the member feeding it, the B columns of its output span."""
     slots = decoder.lora_modules()
     members = {
         module: [f"{module.rsplit('.', 1)[0]}.{m}" for m in FUSED.get(module.rsplit(".", 1)[1], (module.rsplit(".", 1)[1],))]
@@ -157,18 +157,21 @@ def slot_tensors(decoder: Decoder, adapter: Adapter | None) -> dict[str, tuple[t
     for module, lin in slots.items():
         a, b = torch.zeros_like(lin.lora_a), torch.zeros_like(lin.lora_b)
         rank = lin.rank // len(members[module])
-        col = 0
         for i, member in enumerate(members[module]):
-            width = expected_shape(decoder.config, member.rsplit(".", 1)[1])[0]
-            if adapter is not None and member in adapter.weights:
-                src_a, src_b = adapter.weights[member]
-                if src_a.shape[0] > rank:
-                    raise MemloraError(
-                        f"{adapter.path}: adapter {adapter.name} has rank {src_a.shape[0]} > slot rank {rank}"
-                    )
-                a[:, i * rank : i * rank + src_a.shape[0]] = src_a.T
-                b[i * rank : i * rank + src_b.shape[1], col : col + width] = src_b.T
-            col += width
+            if adapter is None or member not in adapter.weights:
+                continue
+            src_a, src_b = adapter.weights[member]
+            r = src_a.shape[0]
+            if r > rank:
+                raise MemloraError(f"{adapter.path}: adapter {adapter.name} has rank {r} > slot rank {rank}")
+            a[:, i * rank : i * rank + r] = src_a.T
+            if not lin.chunks:
+                b[:r] = src_b.T
+                continue
+            width = b.shape[-1]
+            own = [j for j, m in enumerate(lin.chunks) if m == i]
+            for k, j in enumerate(own):
+                b[j, :r] = src_b.T[:, k * width : (k + 1) * width]
         out[module] = (a, b)
     return out
 

@@ -5,20 +5,23 @@ Why GroupQueryAttention: onnxruntime's ``com.microsoft::GroupQueryAttention`` wr
 buffer (IO binding), does so in place -- a decode step copies no cache at all, where a plain
 past-in/present-out graph copies every layer's cache every step. The kernel also applies RoPE (from the
 decoder's own tables, passed as ``cos_cache``/``sin_cache`` constants) at positions ``start .. start+T-1``,
-which saves a dozen small ops per layer; the RMSNorms export as single ``RMSNormalization`` ops
-(opset 23), and q/k/v and gate/up run as one matmul each (``Decoder.fuse_projections``, LoRA slots
-block-diagonal): onnxruntime pays a fixed cost per kernel, which dominates a small model's decode step.
+which saves a dozen small ops per layer, and takes q|k|v packed straight from the fused projection; each
+residual add and the RMSNorm after it run as one ``SkipSimplifiedLayerNormalization`` (`fuse_skip_norms`);
+q/k/v and gate/up run as one matmul each (``Decoder.fuse_projections``, LoRA slots block-diagonal):
+onnxruntime pays a fixed cost per kernel, which dominates a small model's decode step.
 
 Graph interface (``max_context`` = C, per layer i)::
 
     inputs   input_ids [1, T] int64, logits_index [N] int64,
              seqlens_k [1] int32 (= start + T - 1), total_sequence_length [] int32 (= start + T),
              past_key_values.{i}.key / .value [1, kv_heads, C, head_dim] float32,
-             lora inputs ``lora.<module>.a`` [r, in] / ``.b`` [out, r] (separable only; zero defaults)
+             lora inputs ``lora.<module>.a`` [in, members * r] / ``.b`` [r, out], or [chunks, r, width] for a
+             fused projection (separable only, no stored default: zeros run the base model)
     outputs  logits [1, N, vocab] (the positions in logits_index), present.{i}.key / .value (same buffer)
 
-Modes: *separable* -- one base graph whose LoRA A/B are inputs with zero defaults, plus one
-``<adapter>.onnx_adapter`` per adapter for onnxruntime's LoRA API; *merged* -- one self-contained graph
+Modes: *separable* -- one base graph whose LoRA A/B are plain inputs, plus one
+``<adapter>.onnx_adapter`` per adapter for onnxruntime's LoRA API (the base runs with zeros bound; storing
+zero defaults would add one adapter's size to the base graph); *merged* -- one self-contained graph
 per adapter (``base.onnx`` plus ``<adapter>.onnx``) with the adapter baked in as constants. The adapter
 stays a float low-rank branch there too (not folded into W) so that quantization touches base weights
 only, in every precision, and one traced graph serves every adapter.
@@ -57,9 +60,7 @@ OPSET = 23  # RMSNormalization is one op from opset 23
 
 @torch.library.custom_op("memlora::gqa", mutates_args=())
 def gqa(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
+    qkv: torch.Tensor,
     past_k: torch.Tensor,
     past_v: torch.Tensor,
     seqlens_k: torch.Tensor,
@@ -69,18 +70,20 @@ def gqa(
     num_heads: int,
     kv_heads: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Reference semantics of GroupQueryAttention (shared buffer, RoPE inside): q [1,T,H*D], k/v [1,T,KV*D]
-    before RoPE, cos/sin tables [max_context, D/2]; new tokens sit at positions total_len-T .. total_len-1."""
-    b, t, _ = q.shape
+    """Reference semantics of GroupQueryAttention with packed input (shared buffer, RoPE inside): qkv
+    [1,T,(H+2KV)*D] before RoPE, cos/sin tables [max_context, D/2]; new tokens sit at positions
+    total_len-T .. total_len-1."""
+    b, t, _ = qkv.shape
     d = past_k.shape[-1]
+    q, k, v = qkv.split([num_heads * d, kv_heads * d, kv_heads * d], dim=-1)
     start = int(total_len) - t
     pos = torch.arange(start, start + t)
     cos, sin = torch.cat((cos_half[pos],) * 2, -1), torch.cat((sin_half[pos],) * 2, -1)
-    q = rotate(q.view(b, t, num_heads, d), cos, sin).transpose(1, 2)
-    k = rotate(k.view(b, t, kv_heads, d), cos, sin).transpose(1, 2)
+    q = rotate(q.reshape(b, t, num_heads, d), cos, sin).transpose(1, 2)
+    k = rotate(k.reshape(b, t, kv_heads, d), cos, sin).transpose(1, 2)
     present_k, present_v = past_k.clone(), past_v.clone()
     present_k[:, :, start : start + t] = k
-    present_v[:, :, start : start + t] = v.view(b, t, kv_heads, d).transpose(1, 2)
+    present_v[:, :, start : start + t] = v.reshape(b, t, kv_heads, d).transpose(1, 2)
     groups = num_heads // kv_heads
     keys = present_k[:, :, : start + t].repeat_interleave(groups, 1)
     values = present_v[:, :, : start + t].repeat_interleave(groups, 1)
@@ -90,8 +93,9 @@ def gqa(
 
 
 @gqa.register_fake
-def _(q, k, v, past_k, past_v, seqlens_k, total_len, cos_half, sin_half, num_heads, kv_heads):
-    return torch.empty_like(q), torch.empty_like(past_k), torch.empty_like(past_v)
+def _(qkv, past_k, past_v, seqlens_k, total_len, cos_half, sin_half, num_heads, kv_heads):
+    out = qkv.new_empty(qkv.shape[0], qkv.shape[1], num_heads * past_k.shape[-1])
+    return out, torch.empty_like(past_k), torch.empty_like(past_v)
 
 
 def _register_gqa_schema() -> None:
@@ -102,9 +106,11 @@ def _register_gqa_schema() -> None:
     if onnx.defs.has("GroupQueryAttention", "com.microsoft"):
         return
     param = OpSchema.FormalParameter
+    optional = OpSchema.FormalParameterOption.Optional
     schema = OpSchema(
         "GroupQueryAttention", "com.microsoft", 1,
-        inputs=[param("query", "T"), param("key", "T"), param("value", "T"), param("past_key", "T"),
+        inputs=[param("query", "T"), param("key", "T", param_option=optional),
+                param("value", "T", param_option=optional), param("past_key", "T"),
                 param("past_value", "T"), param("seqlens_k", "M"), param("total_sequence_length", "M"),
                 param("cos_cache", "T"), param("sin_cache", "T")],
         outputs=[param("output", "T"), param("present_key", "T"), param("present_value", "T")],
@@ -115,13 +121,13 @@ def _register_gqa_schema() -> None:
     onnx.defs.register_schema(schema)
 
 
-def _gqa_onnx(q, k, v, past_k, past_v, seqlens_k, total_len, cos_half, sin_half, num_heads: int, kv_heads: int):
+def _gqa_onnx(qkv, past_k, past_v, seqlens_k, total_len, cos_half, sin_half, num_heads: int, kv_heads: int):
     import onnxscript
 
     _register_gqa_schema()
     msft = onnxscript.values.Opset("com.microsoft", 1)
-    return msft.GroupQueryAttention(
-        q, k, v, past_k, past_v, seqlens_k, total_len, cos_half, sin_half,
+    return msft.GroupQueryAttention(  # key and value omitted: query is q|k|v packed
+        qkv, None, None, past_k, past_v, seqlens_k, total_len, cos_half, sin_half,
         num_heads=num_heads, kv_num_heads=kv_heads, do_rotary=1, rotary_interleaved=0,
     )
 
@@ -139,15 +145,14 @@ class OnnxStep(nn.Module):
         cos_half, sin_half = dec.rope_cos[:, :half], dec.rope_sin[:, :half]
         present: list[torch.Tensor] = []
 
-        def attend(i: int, q, k, v):
-            b, t = q.shape[:2]
-            out, pk, pv = gqa(q.reshape(b, t, -1), k.reshape(b, t, -1), v.reshape(b, t, -1), past[2 * i],
-                              past[2 * i + 1], seqlens_k, total_len, cos_half, sin_half, c.num_heads,
-                              c.num_kv_heads)
+        def attend(i: int, qkv):
+            out, pk, pv = gqa(qkv, past[2 * i], past[2 * i + 1], seqlens_k, total_len, cos_half, sin_half,
+                              c.num_heads, c.num_kv_heads)
             present.extend((pk, pv))
             return out
 
-        x, _ = dec.run_layers(dec.embed(input_ids), None, None, attend)  # RoPE inside GroupQueryAttention
+        # packed q|k|v and RoPE inside GroupQueryAttention: no split, reshape or rotation ops per layer
+        x, _ = dec.run_layers(dec.embed(input_ids), None, None, attend, packed=True)
         return (dec.head(x.index_select(1, logits_index)), *present)
 
 
@@ -162,7 +167,7 @@ def lora_input_name(module: str, ab: str) -> str:
 
 
 def export_graph(decoder: Decoder):
-    """Trace `decoder` to an ONNX ModelProto; its LoRA slots become named graph inputs with zero defaults."""
+    """Trace `decoder` to an ONNX ModelProto; its LoRA slots become named graph inputs."""
     import onnx_ir as ir
     import onnxscript
 
@@ -197,18 +202,54 @@ def export_graph(decoder: Decoder):
     # no size limits: every weight transpose (including the tied lm_head's) must fold into an initializer,
     # or onnxruntime would transpose it at every step and quantization would skip that MatMul
     onnxscript.optimizer.optimize(model, input_size_limit=1 << 40, output_size_limit=1 << 40)
-    return ir.to_proto(model)
+    proto = ir.to_proto(model)
+    fuse_skip_norms(proto.graph)
+    return proto
+
+
+def fuse_skip_norms(graph) -> None:
+    """Residual ``Add`` + ``RMSNormalization`` -> one ``com.microsoft::SkipSimplifiedLayerNormalization``
+    that returns the normalized sum and the sum itself (its 4th output).
+
+    onnxruntime fuses this pattern on its own only for its SimplifiedLayerNormalization, not for the
+    opset-23 op; every layer has two, so a decode step runs 2 kernels per layer fewer. The fused node takes
+    the Add's place: its inputs exist there, and every consumer of the Add or the norm comes later."""
+    from onnx import helper
+
+    producer = {out: node for node in graph.node for out in node.output}
+    constants = {init.name for init in graph.initializer}
+    fused, dropped = {}, set()
+    for norm in graph.node:
+        add = producer.get(norm.input[0])
+        if norm.op_type != "RMSNormalization" or add is None or add.op_type != "Add":
+            continue
+        if any(i in constants for i in add.input) or id(add) in dropped:
+            continue
+        eps = next((a.f for a in norm.attribute if a.name == "epsilon"), 1e-5)
+        node = helper.make_node(
+            "SkipSimplifiedLayerNormalization", [*add.input, norm.input[1]], [norm.output[0], "", "", add.output[0]],
+            name=f"{norm.name}_skip", domain="com.microsoft", epsilon=eps)
+        node.metadata_props.extend(add.metadata_props)  # the Add's module scope: a layer's output (parity probe)
+        fused[id(add)] = node
+        dropped |= {id(add), id(norm)}
+    nodes = [fused.get(id(n), n) for n in graph.node if id(n) in fused or id(n) not in dropped]
+    del graph.node[:]
+    graph.node.extend(nodes)
 
 
 def _name_lora(model, decoder: Decoder) -> None:
-    """Rename LoRA initializers adapter-neutrally and list them as graph inputs (overridable defaults).
+    """Turn the LoRA slot initializers into graph inputs named adapter-neutrally, with no stored value.
 
-    As inputs they also survive the optimizer, which would otherwise merge the identical zero slots."""
+    As inputs they also survive the optimizer, which would otherwise fold the zero slots away."""
+    import onnx_ir as ir
+
     for module in decoder.lora_modules():
         for ab in "ab":
             value = model.graph.initializers.pop(f"decoder.{module}.lora_{ab}")
+            value.shape = ir.Shape(value.const_value.shape)
+            value.type = ir.TensorType(value.const_value.dtype)
+            value.const_value = None
             value.name = lora_input_name(module, ab)
-            model.graph.register_initializer(value)
             model.graph.inputs.append(value)
 
 
@@ -229,7 +270,7 @@ def quantize(model, quant: str, block_size: int):
 
 
 def with_lora(model, decoder: Decoder, adapter: Adapter):
-    """A copy of `model` whose LoRA slots are constants holding `adapter` (no longer graph inputs)."""
+    """A copy of `model` whose LoRA slot inputs are constants holding `adapter`."""
     import onnx
     from onnx import numpy_helper
 
@@ -237,11 +278,10 @@ def with_lora(model, decoder: Decoder, adapter: Adapter):
               for module, pair in slot_tensors(decoder, adapter).items() for ab, t in zip("ab", pair)}
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
-    for init in copy.graph.initializer:
-        if init.name in values:
-            init.CopyFrom(numpy_helper.from_array(values.pop(init.name), init.name))
-    if values:
-        raise MemloraError(f"exported graph has no LoRA slot {next(iter(values))}")
+    slots = [i.name for i in copy.graph.input if i.name.startswith("lora.")]
+    if set(slots) != set(values):
+        raise MemloraError(f"exported graph's LoRA inputs {sorted(set(slots) ^ set(values))[:3]} do not match the slots")
+    copy.graph.initializer.extend(numpy_helper.from_array(values[name], name) for name in slots)
     kept = [i for i in copy.graph.input if not i.name.startswith("lora.")]
     del copy.graph.input[:]
     copy.graph.input.extend(kept)

@@ -20,12 +20,16 @@ from memlora.errors import MemloraError
 THREADS = 2
 
 
-def session_options(threads: int = THREADS):
+def session_options(threads: int = THREADS, profile_prefix: str | None = None):
     """Two intra-op threads without spinning: on a 2-core phone-class CPU spinning threads steal the core
-    the other thread needs, which made decode speed flip between runs."""
+    the other thread needs, which made decode speed flip between runs. `profile_prefix` turns on
+    onnxruntime's per-kernel profiler (files ``<prefix>_<date>.json``; slows every kernel)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
+    if profile_prefix:
+        opts.enable_profiling = True
+        opts.profile_file_prefix = profile_prefix
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -45,13 +49,14 @@ class OnnxBackend:
         graphs: dict[str | None, Path],
         adapter_files: dict[str, Path] | None = None,
         threads: int = THREADS,
+        profile_prefix: str | None = None,
     ):
         """`graphs` maps an adapter name (``None`` = base) to a graph; `adapter_files` maps adapter names to
         ``.onnx_adapter`` files applied on the base graph (separable mode)."""
         import onnxruntime as ort
 
         self._ort = ort
-        opts = session_options(threads)
+        opts = session_options(threads, profile_prefix)
         sessions = {}
         for key, path in graphs.items():
             try:
@@ -65,14 +70,17 @@ class OnnxBackend:
         shape = next(i.shape for i in first.get_inputs() if i.name == self._past[0])
         self.max_context = int(shape[2])
         self._vocab = int(first.get_outputs()[0].shape[-1])
-        self._cache = [ort.OrtValue.ortvalue_from_numpy(np.zeros(shape, np.float32)) for _ in self._past]
-        self._step_logits = ort.OrtValue.ortvalue_from_numpy(np.zeros((1, 1, self._vocab), np.float32))
-        # one IO binding per adapter, all over the same cache buffers: switching adapters rebinds nothing
-        self._runs = {key: (sess, self._bind(sess, {})) for key, sess in sessions.items()}
+        self._cache = [ort_zeros(shape) for _ in self._past]
+        self._step_logits = ort_zeros((1, 1, self._vocab))
+        # one IO binding per adapter, all over the same cache buffers: switching adapters rebinds nothing.
+        # A separable base graph's LoRA inputs have no stored value: the base runs with zeros bound.
+        self._runs = {key: (sess, self._bind(sess, zero_lora(sess))) for key, sess in sessions.items()}
         for adapter, path in (adapter_files or {}).items():
             if None not in sessions:
                 raise MemloraError(f"{path}: a LoRA adapter file needs a base graph")
-            self._runs[adapter] = (sessions[None], self._bind(sessions[None], read_adapter(path)))
+            params = read_adapter(path)
+            check_adapter(path, params, sessions[None])
+            self._runs[adapter] = (sessions[None], self._bind(sessions[None], params))
         self.adapters = tuple(k for k in self._runs if k is not None)
 
     def _bind(self, session, params: dict):
@@ -111,6 +119,36 @@ class OnnxBackend:
         return logits.numpy()[0].copy()  # the step buffer is reused by the next call
 
 
+def end_profiling(backend: OnnxBackend) -> list[Path]:
+    """Stop the profiler of every session of a backend opened with `profile_prefix`; the trace files."""
+    sessions = {id(s): s for s, _ in backend._runs.values()}.values()
+    return [Path(s.end_profiling()) for s in sessions]
+
+
+def zero_lora(session) -> dict:
+    """Zero OrtValues for a graph's LoRA inputs (none in a merged graph): the adapter-free base model."""
+    return {i.name: ort_zeros(i.shape) for i in session.get_inputs() if i.name.startswith("lora.")}
+
+
+def ort_zeros(shape):
+    import onnxruntime as ort
+
+    return ort.OrtValue.ortvalue_from_numpy(np.zeros(shape, np.float32))
+
+
+def check_adapter(path: Path, params: dict, session) -> None:
+    """An adapter file must fill exactly the graph's LoRA inputs, each with the input's shape."""
+    slots = {i.name: list(i.shape) for i in session.get_inputs() if i.name.startswith("lora.")}
+    missing = sorted(set(slots) - set(params))
+    if missing:
+        raise MemloraError(f"{path}: this adapter has no {missing[0]} (and {len(missing) - 1} more) that the "
+                           "base graph needs: it was exported for another base or another slot layout")
+    for name, value in params.items():
+        if name not in slots or list(value.shape()) != slots[name]:
+            raise MemloraError(f"{path}: parameter {name} {value.shape()} does not fit the base graph's input "
+                               f"{slots.get(name, 'none')}: it was exported for another base")
+
+
 def read_adapter(path: Path) -> dict:
     """The named parameters of an ``.onnx_adapter`` file, as OrtValues."""
     import onnxruntime as ort
@@ -121,7 +159,7 @@ def read_adapter(path: Path) -> dict:
         raise MemloraError(f"{path}: onnxruntime cannot read this LoRA adapter ({e})") from e
 
 
-def from_bundle(bundle_dir: Path, threads: int = THREADS) -> OnnxBackend:
+def from_bundle(bundle_dir: Path, threads: int = THREADS, profile_prefix: str | None = None) -> OnnxBackend:
     """Open the ONNX target of a bundle (checksums and schema verified) as a Backend."""
     from memlora.export.bundle import load_bundle
 
@@ -130,4 +168,4 @@ def from_bundle(bundle_dir: Path, threads: int = THREADS) -> OnnxBackend:
     root = bundle.path
     graphs = {(None if k == "base" else k): root / f for k, f in target["graphs"].items()}
     adapters = {k: root / f for k, f in target.get("adapter_files", {}).items()}
-    return OnnxBackend(graphs, adapters, threads)
+    return OnnxBackend(graphs, adapters, threads, profile_prefix)

@@ -72,6 +72,11 @@ def test_subprocess_job_reports_rss_and_extra_runs(onnx_bundle, prompt):
     memory = got["memory"]
     assert memory["adapters"] == 3 and 10 < memory["rss_one_adapter_mb"] <= memory["rss_all_adapters_mb"] <= got["rss_mb"]
     assert len(got["tokens"]) == len(got["extra_tokens"]["None"]) == TINY.decode_tokens
+    step = got["per_token"]  # where a decode step goes, from onnxruntime's profiler
+    assert "GroupQueryAttention" in step["op_share"] and sum(step["op_share"].values()) == pytest.approx(1.0)
+    assert step["kernels_per_step"] > 2 * 4  # at least the projections and attention of both layers
+    row = {"target": "onnx", "mode": "separable", "precision": "fp32", "per_token": step}
+    assert "GroupQueryAttention" in report.step_table({"results": [row]})
 
 
 def test_roofline_arithmetic():

@@ -133,7 +133,7 @@ def test_default_model_matches_transformers():
 
 
 def test_fused_projections_compute_the_same(tiny_qwen, tmp_path):
-    """q/k/v and gate/up fused into one matmul each, LoRA slots block-diagonal: same logits as unfused."""
+    """q/k/v and gate/up fused into one matmul each, LoRA B stored per output chunk: same logits as unfused."""
     adapter_dir = tiny.build_adapter(tiny_qwen, tmp_path / "a", seed=4, rank=3, targets=("k_proj", "up_proj", "o_proj"))
     adapter = load_adapter(adapter_dir, DecoderConfig.from_hf(tiny_qwen, 64))
     dec = Decoder.from_pretrained(tiny_qwen, 64, LoraSlots(("q_proj", "k_proj", "up_proj", "o_proj"), 4))

@@ -101,6 +101,43 @@ def test_quantization_touches_base_weights_only(exported, quant):
     assert {i.name for i in graph.input if i.name.startswith("lora.")} == {n.input[1] for n in float_mm}
 
 
+def test_graph_has_no_split_reshape_or_separate_residual_add_per_layer(exported):
+    """Every kernel counts in a small model's decode step: q|k|v reaches GroupQueryAttention packed, and each
+    residual add is fused into the RMSNorm after it (2 layers: 3 such norms; the first layer's norm follows
+    the embedding, the final one the logits positions' gather)."""
+    root, entry = exported["separable", "fp32"]
+    graph = onnx.load(str(root / entry["graphs"]["base"]), load_external_data=False).graph
+    ops = [n.op_type for n in graph.node]
+    producer = {o: n for n in graph.node for o in n.output}
+    gqa = [n for n in graph.node if n.op_type == "GroupQueryAttention"]
+    assert len(gqa) == 2 and all(list(n.input[1:3]) == ["", ""] for n in gqa)
+    assert all(producer[n.input[0]].op_type == "Add" for n in gqa)  # fused projection + its LoRA branch
+    assert "Split" not in ops[: ops.index("GroupQueryAttention")]
+    assert ops.count("SkipSimplifiedLayerNormalization") == 3 and ops.count("RMSNormalization") == 2
+
+
+def test_adapter_file_that_does_not_fit_the_base_graph_is_named(exported, tmp_path):
+    """An adapter exported for another slot layout (a parameter missing or of another shape) fails at load
+    with the file named, not with onnxruntime's missing-input error at the first step."""
+    import onnxruntime as ort
+
+    from memlora.errors import MemloraError
+    from memlora.runtime.onnx_backend import read_adapter
+
+    root, entry = exported["separable", "fp32"]
+    graphs = {None: root / entry["graphs"]["base"]}
+    params = {k: v.numpy() for k, v in read_adapter(root / entry["adapter_files"]["extract"]).items()}
+    name = sorted(params)[0]
+    for label, bad in (("missing", {k: v for k, v in params.items() if k != name}),
+                       ("reshaped", {**params, name: params[name][..., :1].copy()})):
+        fmt = ort.AdapterFormat()
+        fmt.set_parameters({k: ort.OrtValue.ortvalue_from_numpy(v) for k, v in bad.items()})
+        path = tmp_path / f"{label}.onnx_adapter"
+        fmt.export_adapter(str(path))
+        with pytest.raises(MemloraError, match=f"{path}: .*{name}"):
+            OnnxBackend(graphs, {"extract": path})
+
+
 @pytest.mark.parametrize("quant", onnx_export.QUANTS)
 def test_separable_adapter_equals_merged(exported, adapters, quant):
     separable, merged = open_backend(exported, "separable", quant), open_backend(exported, "merged", quant)

@@ -198,11 +198,13 @@ def run_job(job: Job) -> dict:
         str(a): run_once(Timed(backend), tokenizer, job.prompt, a, config.decode_tokens)["tokens"]
         for a in job.extra_runs
     }
+    result["rss_mb"] = peak_rss_mb()  # before the profiling backend below adds its own
     if job.backend == "onnx":
-        from .profile_onnx import graph_profile
+        from .profile_onnx import graph_profile, op_shares
 
         result["per_token"].update(graph_profile(backend, job.prompt, job.adapter, result))
-    result["rss_mb"] = peak_rss_mb()
+        del backend
+        result["per_token"].update(op_shares(Path(job.bundle), job.prompt, job.adapter, config.threads))
     return result
 
 

@@ -173,12 +173,16 @@ def goals(results: list[dict], peer_rows: list[dict]) -> list[dict]:
              f"ours {best['target']} {best['precision']} {best['decode_tok_s']:.1f} tok/s agree "
              f"{best['agreement']['agree_tokens']}; {top['name']} {top['precision']} {top['decode_tok_s']:.1f} agree "
              f"{top['agreement']['agree_tokens']}")
+        # the goal reads "the best peer's prefill": the prefill of `top`, the peer the decode goal names. The
+        # fastest prefill of any peer is reported beside it, with that peer's agreement.
         fast = max(sep, key=lambda r: r["prefill_tok_s"])
-        peer = max(ps, key=lambda p: p["prefill_tok_s"])  # the fastest prefill of any peer, not of `top`
-        goal("best separable prefill / best peer prefill", fast["prefill_tok_s"] / peer["prefill_tok_s"], ">= 1.0",
-             fast["prefill_tok_s"] >= peer["prefill_tok_s"],
-             f"ours {fast['target']} {fast['precision']} {fast['prefill_tok_s']:.0f} tok/s; {peer['name']} "
-             f"{peer['precision']} {peer['prefill_tok_s']:.0f}")
+        quick = max(ps, key=lambda p: p["prefill_tok_s"])
+        goal("best separable prefill / best peer's prefill", fast["prefill_tok_s"] / top["prefill_tok_s"], ">= 1.0",
+             fast["prefill_tok_s"] >= top["prefill_tok_s"],
+             f"ours {fast['target']} {fast['precision']} {fast['prefill_tok_s']:.0f} tok/s; {top['name']} "
+             f"{top['precision']} {top['prefill_tok_s']:.0f}; fastest peer prefill: {quick['name']} "
+             f"{quick['precision']} {quick['prefill_tok_s']:.0f} (agree {quick['agreement']['agree_tokens']}), "
+             f"ratio {fast['prefill_tok_s'] / quick['prefill_tok_s']:.2f}")
     for r in sep:
         if r["target"] != "onnx":
             continue

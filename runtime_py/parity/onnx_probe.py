@@ -2,7 +2,8 @@
 
 The exporter traces `export.decoder`, and the torch exporter records each node's module scope in its
 metadata (``pkg.torch.onnx.name_scopes``): a layer's output is the last node directly in scope
-``decoder.layers.<i>`` (the second residual add), the embeddings the last node in ``decoder.embed_tokens``.
+``decoder.layers.<i>`` (the second residual add, or the SkipSimplifiedLayerNormalization it was fused
+into), the embeddings the last node in ``decoder.embed_tokens``.
 The debug graphs are written to a temporary directory next to hard links (or, across file systems, copies) of
 the bundle's weight files, so the bundle itself is never touched. Not symlinks: onnxruntime refuses external
 data that resolves outside the model's directory.
@@ -33,7 +34,8 @@ def hidden_outputs(model) -> list[str]:
         scopes = ast.literal_eval(meta[SCOPES])
         if len(scopes) >= 2 and (scopes[1] == "decoder.embed_tokens" or
                                  (scopes[1].startswith("decoder.layers.") and len(scopes) == 3)):
-            last[scopes[1]] = node.output[0]
+            # a residual add fused with the next norm keeps the add's scope; its sum is the 4th output
+            last[scopes[1]] = node.output[3] if node.op_type == "SkipSimplifiedLayerNormalization" else node.output[0]
     layers = sorted((k for k in last if k.startswith("decoder.layers.")), key=lambda k: int(k.rsplit(".", 1)[1]))
     if "decoder.embed_tokens" not in last or not layers:
         raise MemloraError("ONNX graph carries no module-scope metadata; cannot find per-layer outputs")
@@ -87,7 +89,7 @@ class OnnxHiddenProbe:
         for i in session.get_inputs():
             if i.name in known:
                 feeds[i.name] = known[i.name]
-            elif i.name.startswith("past_key_values."):
+            elif i.name.startswith(("past_key_values.", "lora.")):  # empty cache; LoRA zeros = base model
                 feeds[i.name] = np.zeros(i.shape, np.float32)
         if adapter in self.params and adapter not in self.sessions:
             feeds.update(self.params[adapter])

@@ -71,7 +71,7 @@ def _quantized_forward(act_block: int | None):
     def forward(self: LoraLinear, x: torch.Tensor) -> torch.Tensor:
         y = nn.functional.linear(quantize_activation(x, act_block) if act_block else x, self.weight, self.bias)
         if self.rank:  # the LoRA branch stays float on the float input, as in the exported graphs
-            y = y + (x @ self.lora_a) @ self.lora_b
+            y = y + self.lora(x)
         return y
 
     return forward
