@@ -75,6 +75,8 @@ def test_subprocess_job_reports_rss_and_extra_runs(onnx_bundle, prompt):
     step = got["per_token"]  # where a decode step goes, from onnxruntime's profiler
     assert "GroupQueryAttention" in step["op_share"] and sum(step["op_share"].values()) == pytest.approx(1.0)
     assert step["kernels_per_step"] > 2 * 4  # at least the projections and attention of both layers
+    assert 0 < step["graph_ms"] <= step["forward_ms"] <= step["step_ms"]
+    assert step["decode_loop_overhead_ms"] + step["backend_overhead_ms"] + step["graph_ms"] == pytest.approx(step["step_ms"])
     row = {"target": "onnx", "mode": "separable", "precision": "fp32", "per_token": step}
     assert "GroupQueryAttention" in report.step_table({"results": [row]})
 

@@ -16,23 +16,30 @@ import time
 from pathlib import Path
 
 
-def graph_profile(backend, prompt: list[int], adapter: str | None, measured: dict, calls: int = 16) -> dict:
+def graph_profile(backend, prompt: list[int], adapter: str | None, measured: dict, calls: int = 32) -> dict:
     """Split a decode step's `forward` into onnxruntime's graph run and the backend's own work around it.
 
-    `measured` is a `measure` result (its ``per_token`` forward time); the graph is then run alone on a
-    binding already prepared for one step in the middle of the decode."""
+    `measured` is a `measure` result. Whole `forward` calls and bare graph runs (on the binding that
+    `forward` just prepared) alternate at one position in the middle of the decode, so both see the same
+    machine state; the backend's overhead is the difference of their medians, and the graph's share of
+    the measured forward time is the rest (the columns add up to the measured step)."""
     session, binding = backend._runs[adapter]
     tokens = measured["tokens"]
-    backend.forward([tokens[-1]], len(prompt) + len(tokens) // 2, adapter)
-    graph = []
+    position = len(prompt) + len(tokens) // 2
+    forward, graph = [], []
     for _ in range(calls):
         t0 = time.perf_counter()
+        backend.forward([tokens[-1]], position, adapter)
+        t1 = time.perf_counter()
         session.run_with_iobinding(binding)
-        graph.append((time.perf_counter() - t0) * 1e3)
-    graph_ms = statistics.median(graph)
+        t2 = time.perf_counter()
+        forward.append((t1 - t0) * 1e3)
+        graph.append((t2 - t1) * 1e3)
+    overhead = max(0.0, statistics.median(forward) - statistics.median(graph))
     per = measured["per_token"]
-    return {"graph_ms": graph_ms, "backend_overhead_ms": per["forward_ms"] - graph_ms,
-            "graph_share": graph_ms / per["step_ms"], "logits_copy_ms": _copy_ms(backend)}
+    graph_ms = per["forward_ms"] - overhead
+    return {"graph_ms": graph_ms, "backend_overhead_ms": overhead, "graph_share": graph_ms / per["step_ms"],
+            "logits_copy_ms": _copy_ms(backend)}
 
 
 def _copy_ms(backend) -> float:
