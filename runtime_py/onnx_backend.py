@@ -126,8 +126,16 @@ def end_profiling(backend: OnnxBackend) -> list[Path]:
 
 
 def zero_lora(session) -> dict:
-    """Zero OrtValues for a graph's LoRA inputs (none in a merged graph): the adapter-free base model."""
+    """Zero OrtValues for a graph's LoRA inputs (none in a merged graph): the adapter-free base model.
+    Graphs that store zero defaults (ONNX bundles written by memlora 0.1) list them as overridable
+    initializers instead, which need nothing bound."""
     return {i.name: ort_zeros(i.shape) for i in session.get_inputs() if i.name.startswith("lora.")}
+
+
+def lora_slots(session) -> dict[str, list]:
+    """Every LoRA parameter a graph takes, with its shape: inputs, or initializers with zero defaults."""
+    values = [*session.get_inputs(), *session.get_overridable_initializers()]
+    return {i.name: list(i.shape) for i in values if i.name.startswith("lora.")}
 
 
 def ort_zeros(shape):
@@ -138,7 +146,7 @@ def ort_zeros(shape):
 
 def check_adapter(path: Path, params: dict, session) -> None:
     """An adapter file must fill exactly the graph's LoRA inputs, each with the input's shape."""
-    slots = {i.name: list(i.shape) for i in session.get_inputs() if i.name.startswith("lora.")}
+    slots = lora_slots(session)
     missing = sorted(set(slots) - set(params))
     if missing:
         raise MemloraError(f"{path}: this adapter has no {missing[0]} (and {len(missing) - 1} more) that the "

@@ -138,6 +138,25 @@ def test_adapter_file_that_does_not_fit_the_base_graph_is_named(exported, tmp_pa
             OnnxBackend(graphs, {"extract": path})
 
 
+def test_graph_with_stored_zero_lora_defaults_still_loads(exported, tmp_path):
+    """ONNX bundles of memlora 0.1 stored the LoRA slots as zero initializers listed as inputs: the backend
+    runs them unchanged, with and without an adapter."""
+    from onnx import numpy_helper
+
+    root, entry = exported["separable", "fp32"]
+    model = onnx.load(str(root / entry["graphs"]["base"]))
+    for i in model.graph.input:
+        if i.name.startswith("lora."):
+            shape = [d.dim_value for d in i.type.tensor_type.shape.dim]
+            model.graph.initializer.append(numpy_helper.from_array(np.zeros(shape, np.float32), i.name))
+    onnx.save(model, str(tmp_path / "old.onnx"))
+    adapter = root / entry["adapter_files"]["extract"]
+    old = OnnxBackend({None: tmp_path / "old.onnx"}, {"extract": adapter})
+    new = open_backend(exported, "separable", "fp32")
+    for name in (None, "extract"):
+        assert np.abs(old.forward(PROMPT, 0, name) - new.forward(PROMPT, 0, name)).max() <= 1e-5, name
+
+
 @pytest.mark.parametrize("quant", onnx_export.QUANTS)
 def test_separable_adapter_equals_merged(exported, adapters, quant):
     separable, merged = open_backend(exported, "separable", quant), open_backend(exported, "merged", quant)
