@@ -154,3 +154,31 @@ def test_peer_error_keeps_the_error_not_the_warnings():
     out = error_tail("Traceback (most recent call last):\n" + noise + "ValueError: bad shape\n" + noise, 5)
     assert out.splitlines() == ["Traceback (most recent call last):", "ValueError: bad shape"]
     assert error_tail("", 5, -4) == "killed by SIGILL"
+
+
+def test_rounds_merge_to_the_median_of_medians_and_the_whole_spread():
+    one = {"decode_tok_s": {"median": 10.0, "min": 9.0, "max": 11.0}, "switch_ms": 0.2, "rss_mb": 100.0,
+           "tokens": [1, 2]}
+    two = {**one, "decode_tok_s": {"median": 14.0, "min": 13.0, "max": 20.0}, "switch_ms": 0.4, "rss_mb": 120.0}
+    three = {**one, "decode_tok_s": {"median": 12.0, "min": 8.0, "max": 12.5}, "switch_ms": 0.3}
+    for key in ("prefill_tok_s", "ttft_ms"):
+        for r in (one, two, three):
+            r[key] = r["decode_tok_s"]
+    merged = summary.merge_rounds([one, two, three])
+    assert merged["decode_tok_s"] == {"median": 12.0, "min": 8.0, "max": 20.0}
+    assert merged["switch_ms"] == 0.3 and merged["rss_mb"] == 120.0 and merged["tokens"] == [1, 2]
+    assert summary.merge_rounds([one]) is one
+
+
+def test_bench_runs_every_row_in_each_round_in_alternating_order(onnx_bundle, tiny_model, tiny_adapters):
+    from memlora.runtime.bench.command import run_bench
+
+    lines: list[str] = []
+    result = run_bench([onnx_bundle], tiny_model, tiny_adapters, peer_names=(),
+                       config=BenchConfig(**{**TINY.__dict__, "rounds": 2}), log=lines.append)
+    order = [line.split(" ", 2)[2] for line in lines if line.startswith("round ")]
+    rows = ["reference: eager PyTorch float32", "reference: eager PyTorch bfloat16"]
+    assert order[:2] == rows and order[-2:] == rows[::-1] and len(order) == 2 * (len(order) // 2)
+    row = result["results"][0]
+    lo, hi = row["decode_tok_s_range"]
+    assert lo <= row["decode_tok_s"] <= hi and result["settings"]["rounds"] == 2

@@ -115,41 +115,53 @@ def run_bench(
     Tokenizer.from_file(tok_file)  # fail early on an unreadable tokenizer
     settings = {"config": config.__dict__, "prompt": prompt, "tokenizer": tok_file}
 
-    reference = {}
+    # every row is a job; the jobs run `config.rounds` times, alternate rounds in reverse order
+    jobs: list[tuple[str, Callable[[], dict]]] = []
     for dtype in ("float32", "bfloat16"):
-        log(f"reference: eager PyTorch {dtype}")
-        reference[dtype] = measure_in_subprocess(Job(
-            backend="torch", model=str(model_dir), adapters_dir=str(adapters_dir), adapter=BENCH_ADAPTER,
-            dtype=dtype, extra_runs=[None] if dtype == "float32" else [], **settings))
-
-    ours = []
-    for art in our_artifacts(bundle_dirs(bundles), targets):
-        log(f"ours: {art['target']} {art['mode']} {art['precision']} ({art['bundle']})")
+        job = Job(backend="torch", model=str(model_dir), adapters_dir=str(adapters_dir), adapter=BENCH_ADAPTER,
+                  dtype=dtype, extra_runs=[None] if dtype == "float32" else [], **settings)
+        jobs.append((f"reference: eager PyTorch {dtype}", lambda job=job: measure_in_subprocess(job)))
+    arts = our_artifacts(bundle_dirs(bundles), targets)
+    for i, art in enumerate(arts):
         job = Job(backend=art["target"], bundle=art["bundle"], adapter=BENCH_ADAPTER, **settings)
-        try:
-            ours.append({**art, **measure_in_subprocess(job)})
-        except MemloraError as e:
-            log(f"  failed: {e}")
-            ours.append({**art, "error": str(e)})
-
-    peer_rows = []
+        jobs.append((f"ours {i}: {art['target']} {art['mode']} {art['precision']} ({art['bundle']})",
+                     lambda job=job: measure_in_subprocess(job)))
     peer_settings = {"prompt": prompt, "decode_tokens": config.decode_tokens, "warmup": config.warmup,
                      "repeats": config.repeats, "threads": config.threads}
+    peer_arts, peer_errors = [], []
     for name in peer_names:
         try:
-            artifacts = peers.prepare(name, model_dir, config.prompt_tokens + config.decode_tokens + 64,
-                                      config.threads, log)
+            peer_arts += peers.prepare(name, model_dir, config.prompt_tokens + config.decode_tokens + 64,
+                                       config.threads, log)
         except MemloraError as e:
             log(f"  peer {name} unavailable: {e}")
-            peer_rows.append({"name": name, "error": str(e)})
-            continue
-        for art in artifacts:
-            log(f"peer: {art.peer} {art.precision}")
+            peer_errors.append({"name": name, "error": str(e)})
+    for i, art in enumerate(peer_arts):
+        jobs.append((f"peer {i}: {art.peer} {art.precision}", lambda art=art: peers.measure_peer(art, peer_settings)))
+
+    runs: dict[str, list[dict]] = {label: [] for label, _ in jobs}
+    failed: dict[str, str] = {}
+    for r in range(config.rounds):
+        for label, run in jobs if r % 2 == 0 else jobs[::-1]:
+            if label in failed:
+                continue
+            log(f"round {r + 1}/{config.rounds} {label}")
             try:
-                peer_rows.append(peers.measure_peer(art, peer_settings))
+                runs[label].append(run())
             except MemloraError as e:
+                if label.startswith("reference"):
+                    raise
                 log(f"  failed: {e}")
-                peer_rows.append({"name": art.peer, "precision": art.precision, "error": str(e)})
+                failed[label] = str(e)
+    merged = {label: summary.merge_rounds(runs[label]) for label, _ in jobs if label not in failed}
+    reference = {dtype: merged[f"reference: eager PyTorch {dtype}"] for dtype in ("float32", "bfloat16")}
+    ours = []
+    for (label, _), art in zip(jobs[2:], arts):
+        ours.append({**art, "error": failed[label]} if label in failed else {**art, **merged[label]})
+    peer_rows = list(peer_errors)
+    for (label, _), art in zip(jobs[2 + len(arts):], peer_arts):
+        peer_rows.append({"name": art.peer, "precision": art.precision, "error": failed[label]}
+                         if label in failed else merged[label])
 
     info["load_average_end"] = list(os.getloadavg())
     # measured again at the end and the best kept: a busy moment at the start must not lower the limit
@@ -166,7 +178,8 @@ def main(
     plot: Annotated[Optional[Path], typer.Option("--plot", help="write a decode/prefill plot (PNG) here")] = None,
     docs: Annotated[Optional[Path], typer.Option("--docs", help="write the Markdown report here")] = Path("docs/benchmarks.md"),
     peer: Annotated[str, typer.Option("--peers", help=f"peers to run ({', '.join(peers.PEERS)}; 'none' for none)")] = ",".join(peers.PEERS),
-    repeats: Annotated[int, typer.Option("--repeats", help="timed repeats per row (after one warm-up)")] = 5,
+    repeats: Annotated[int, typer.Option("--repeats", help="timed repeats per row and round (after one warm-up)")] = 3,
+    rounds: Annotated[int, typer.Option("--rounds", help="passes over all rows, alternately reversed")] = 2,
     model: Model = None,
     adapters: Adapters = None,
 ) -> None:
@@ -187,7 +200,7 @@ def main(
     t0 = time.time()
     result = run_bench(list(bundle), model_dir, Path(adapters_dir),
                        [t.strip() for t in targets.split(",")] if targets else None, names,
-                       BenchConfig(repeats=repeats), log=lambda s: typer.echo(s, err=True))
+                       BenchConfig(repeats=repeats, rounds=rounds), log=lambda s: typer.echo(s, err=True))
     result["elapsed_s"] = round(time.time() - t0, 1)
     report.write_json(result, json_out)
     if plot:

@@ -26,14 +26,17 @@ from memlora.generate import GenerationConfig, generate
 
 @dataclass(frozen=True)
 class BenchConfig:
-    """What every row runs: the same prompt length, decode length, warm-up and repeats."""
+    """What every row runs: the same prompt length, decode length, warm-up and repeats, in each of
+    `rounds` passes over all rows (alternate passes in reverse order, so a machine that drifts faster or
+    slower over the run favours no row)."""
 
     prompt_tokens: int = 512
     decode_tokens: int = 128
     warmup: int = 1
-    repeats: int = 5
+    repeats: int = 3
     threads: int = 2
     switch_repeats: int = 20
+    rounds: int = 2
 
 
 class Timed:
@@ -88,21 +91,19 @@ def run_once(timed: Timed, tokenizer, prompt: list[int], adapter: str | None, n_
 def switch_ms(backend, adapters: tuple[str | None, ...], token: int, repeats: int) -> float | None:
     """Extra milliseconds of a one-token forward that switches adapter, over one that does not.
 
-    Measured at position 0 so every backend accepts the switch (the reference restarts its cache there)."""
+    The calls go a, a, b, b, a, a, ...: every other call switches, so both kinds are measured side by side
+    and a slow spell of the machine hits them alike. Measured at position 0 so every backend accepts the
+    switch (the reference restarts its cache there)."""
     if len(adapters) < 2:
         return None
-
-    def timed(seq):
-        out = []
-        for a in seq:
-            t0 = time.perf_counter()
-            backend.forward([token], 0, a)
-            out.append(time.perf_counter() - t0)
-        return out
-
-    timed([adapters[0]] * 3)
-    same = timed([adapters[0]] * repeats)
-    switching = timed([adapters[i % 2] for i in range(repeats)])
+    first, second = adapters[:2]
+    for a in (first, second, second):  # warm both; the first timed call (to `first`) then switches
+        backend.forward([token], 0, a)
+    switching, same = [], []
+    for i in range(2 * repeats):
+        t0 = time.perf_counter()
+        backend.forward([token], 0, (first, second)[(i // 2) % 2])
+        (switching if i % 2 == 0 else same).append(time.perf_counter() - t0)
     return max(0.0, (statistics.median(switching) - statistics.median(same)) * 1e3)
 
 

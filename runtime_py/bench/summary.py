@@ -3,6 +3,8 @@ greedy agreement with eager fp32, the bandwidth roofline, and the goals met or m
 
 from __future__ import annotations
 
+import statistics
+
 from pathlib import Path
 
 from . import bandwidth
@@ -25,6 +27,23 @@ def agreement(tokens: list[int], reference: list[int], against: str) -> dict:
     first = first_divergence(tokens, reference)
     return {"first_divergence": first, "agree_tokens": len(reference) if first is None else first,
             "of": len(reference), "against": against}
+
+
+def merge_rounds(rounds: list[dict]) -> dict:
+    """One row from its measurements in several rounds: per figure the median of the rounds' medians and
+    the spread over every run; the rest (tokens, memory, profile) from the first round."""
+    if len(rounds) == 1:
+        return rounds[0]
+    out = dict(rounds[0])
+    for key in FIGURES:
+        out[key] = {"median": statistics.median(r[key]["median"] for r in rounds),
+                    "min": min(r[key]["min"] for r in rounds), "max": max(r[key]["max"] for r in rounds)}
+    switches = [r["switch_ms"] for r in rounds if r.get("switch_ms") is not None]
+    if switches:
+        out["switch_ms"] = statistics.median(switches)
+    if all("rss_mb" in r for r in rounds):
+        out["rss_mb"] = max(r["rss_mb"] for r in rounds)
+    return out
 
 
 def flatten(measured: dict) -> dict:
