@@ -182,3 +182,14 @@ def test_bench_runs_every_row_in_each_round_in_alternating_order(onnx_bundle, ti
     row = result["results"][0]
     lo, hi = row["decode_tok_s_range"]
     assert lo <= row["decode_tok_s"] <= hi and result["settings"]["rounds"] == 2
+
+
+def test_peak_rss_is_the_row_s_own_not_the_driver_s():
+    """A measured process reports its own peak, not the bench driver's size (Linux keeps ru_maxrss over exec)."""
+    import subprocess
+    import sys
+
+    ballast = np.ones(800_000_000 // 8)  # the driver holds 800 MB
+    code = "from memlora.runtime.bench.measure import peak_rss_mb; print(peak_rss_mb())"
+    child = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    assert ballast.sum() > 0 and 10 < child < 400

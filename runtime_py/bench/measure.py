@@ -141,8 +141,15 @@ def adapter_rss(backend, adapter: str | None, token: int) -> dict:
 
 
 def peak_rss_mb() -> float:
-    """Peak resident set of this process (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """Peak resident set of this process: VmHWM, the high-water mark of its own memory map.
+
+    Not ``getrusage().ru_maxrss``: Linux carries that over exec from the process that spawned this one,
+    so every measured row would report at least the bench driver's own size."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
+    except (OSError, StopIteration):  # no procfs: ru_maxrss is the best there is (KiB on Linux)
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 @dataclass

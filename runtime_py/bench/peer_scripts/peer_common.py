@@ -34,7 +34,12 @@ def size_mb(paths) -> float:
 
 
 def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """VmHWM, not ru_maxrss: Linux carries ru_maxrss over exec from the bench process that spawned us."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def time_greedy(job: dict, prefill, step, argmax) -> dict:
