@@ -7,7 +7,7 @@ past-in/present-out graph copies every layer's cache every step. The kernel also
 decoder's own tables, passed as ``cos_cache``/``sin_cache`` constants) at positions ``start .. start+T-1``,
 which saves a dozen small ops per layer, and takes q|k|v packed straight from the fused projection; each
 residual add and the RMSNorm after it run as one ``SkipSimplifiedLayerNormalization`` (`fuse_skip_norms`);
-q/k/v and gate/up run as one matmul each (``Decoder.fuse_projections``, LoRA slots block-diagonal):
+q/k/v and gate/up run as one matmul each (``Decoder.fuse_projections``, LoRA B per output chunk):
 onnxruntime pays a fixed cost per kernel, which dominates a small model's decode step.
 
 Graph interface (``max_context`` = C, per layer i)::

@@ -149,8 +149,9 @@ def check_adapter(path: Path, params: dict, session) -> None:
     slots = lora_slots(session)
     missing = sorted(set(slots) - set(params))
     if missing:
-        raise MemloraError(f"{path}: this adapter has no {missing[0]} (and {len(missing) - 1} more) that the "
-                           "base graph needs: it was exported for another base or another slot layout")
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise MemloraError(f"{path}: this adapter has no {missing[0]}{more} that the base graph needs: it was "
+                           "exported for another base or another slot layout")
     for name, value in params.items():
         if name not in slots or list(value.shape()) != slots[name]:
             raise MemloraError(f"{path}: parameter {name} {value.shape()} does not fit the base graph's input "

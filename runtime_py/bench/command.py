@@ -116,28 +116,28 @@ def run_bench(
     settings = {"config": config.__dict__, "prompt": prompt, "tokenizer": tok_file}
 
     # every row is a job; the jobs run `config.rounds` times, alternate rounds in reverse order
-    jobs: list[tuple[str, Callable[[], dict]]] = []
-    for dtype in ("float32", "bfloat16"):
-        job = Job(backend="torch", model=str(model_dir), adapters_dir=str(adapters_dir), adapter=BENCH_ADAPTER,
-                  dtype=dtype, extra_runs=[None] if dtype == "float32" else [], **settings)
-        jobs.append((f"reference: eager PyTorch {dtype}", lambda job=job: measure_in_subprocess(job)))
-    arts = our_artifacts(bundle_dirs(bundles), targets)
-    for i, art in enumerate(arts):
-        job = Job(backend=art["target"], bundle=art["bundle"], adapter=BENCH_ADAPTER, **settings)
-        jobs.append((f"ours {i}: {art['target']} {art['mode']} {art['precision']} ({art['bundle']})",
-                     lambda job=job: measure_in_subprocess(job)))
+    refs = {dtype: (f"reference: eager PyTorch {dtype}",
+                    Job(backend="torch", model=str(model_dir), adapters_dir=str(adapters_dir), adapter=BENCH_ADAPTER,
+                        dtype=dtype, extra_runs=[None] if dtype == "float32" else [], **settings))
+            for dtype in ("float32", "bfloat16")}
+    our_jobs = [(f"ours {i}: {a['target']} {a['mode']} {a['precision']} ({a['bundle']})", a,
+                 Job(backend=a["target"], bundle=a["bundle"], adapter=BENCH_ADAPTER, **settings))
+                for i, a in enumerate(our_artifacts(bundle_dirs(bundles), targets))]
     peer_settings = {"prompt": prompt, "decode_tokens": config.decode_tokens, "warmup": config.warmup,
                      "repeats": config.repeats, "threads": config.threads}
-    peer_arts, peer_errors = [], []
+    peer_arts, peer_rows = [], []
     for name in peer_names:
         try:
             peer_arts += peers.prepare(name, model_dir, config.prompt_tokens + config.decode_tokens + 64,
                                        config.threads, log)
         except MemloraError as e:
             log(f"  peer {name} unavailable: {e}")
-            peer_errors.append({"name": name, "error": str(e)})
-    for i, art in enumerate(peer_arts):
-        jobs.append((f"peer {i}: {art.peer} {art.precision}", lambda art=art: peers.measure_peer(art, peer_settings)))
+            peer_rows.append({"name": name, "error": str(e)})
+    theirs = [(f"peer {i}: {a.peer} {a.precision}", a) for i, a in enumerate(peer_arts)]
+    jobs: list[tuple[str, Callable[[], dict]]] = [
+        *((label, lambda job=job: measure_in_subprocess(job)) for label, job in refs.values()),
+        *((label, lambda job=job: measure_in_subprocess(job)) for label, _, job in our_jobs),
+        *((label, lambda art=art: peers.measure_peer(art, peer_settings)) for label, art in theirs)]
 
     runs: dict[str, list[dict]] = {label: [] for label, _ in jobs}
     failed: dict[str, str] = {}
@@ -149,19 +149,20 @@ def run_bench(
             try:
                 runs[label].append(run())
             except MemloraError as e:
-                if label.startswith("reference"):
+                if label in (ref for ref, _ in refs.values()):  # no reference, no report
                     raise
                 log(f"  failed: {e}")
                 failed[label] = str(e)
-    merged = {label: summary.merge_rounds(runs[label]) for label, _ in jobs if label not in failed}
-    reference = {dtype: merged[f"reference: eager PyTorch {dtype}"] for dtype in ("float32", "bfloat16")}
-    ours = []
-    for (label, _), art in zip(jobs[2:], arts):
-        ours.append({**art, "error": failed[label]} if label in failed else {**art, **merged[label]})
-    peer_rows = list(peer_errors)
-    for (label, _), art in zip(jobs[2 + len(arts):], peer_arts):
-        peer_rows.append({"name": art.peer, "precision": art.precision, "error": failed[label]}
-                         if label in failed else merged[label])
+
+    def row(label: str, fields: dict) -> dict:
+        """A row's fields with its merged measurements, or with the error that stopped it."""
+        if label in failed:
+            return {**fields, "error": failed[label]}
+        return {**fields, **summary.merge_rounds(runs[label])}
+
+    reference = {dtype: summary.merge_rounds(runs[label]) for dtype, (label, _) in refs.items()}
+    ours = [row(label, art) for label, art, _ in our_jobs]
+    peer_rows += [row(label, {"name": a.peer, "precision": a.precision}) for label, a in theirs]
 
     info["load_average_end"] = list(os.getloadavg())
     # measured again at the end and the best kept: a busy moment at the start must not lower the limit

@@ -12,7 +12,6 @@ so its peak RSS is its own and runtimes do not share thread pools or caches with
 from __future__ import annotations
 
 import json
-import resource
 import statistics
 import sys
 import time
@@ -22,6 +21,9 @@ from pathlib import Path
 import numpy as np
 
 from memlora.generate import GenerationConfig, generate
+
+# the peers' drivers summarize timings and read peak RSS with these too: one definition for every row
+from .peer_scripts.peer_common import peak_rss_mb, spread
 
 
 @dataclass(frozen=True)
@@ -57,11 +59,6 @@ class Timed:
         out = self.backend.forward(tokens, start, adapter, all_logits)
         self.calls.append((t0, time.perf_counter()))
         return out
-
-
-def spread(values: list[float]) -> dict:
-    """Median with the min-max spread of repeated measurements."""
-    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
 def run_once(timed: Timed, tokenizer, prompt: list[int], adapter: str | None, n_new: int) -> dict:
@@ -138,18 +135,6 @@ def adapter_rss(backend, adapter: str | None, token: int) -> dict:
     for other in backend.adapters:
         backend.forward([token], 0, other)
     return {"rss_one_adapter_mb": one, "rss_all_adapters_mb": current_rss_mb(), "adapters": len(backend.adapters)}
-
-
-def peak_rss_mb() -> float:
-    """Peak resident set of this process: VmHWM, the high-water mark of its own memory map.
-
-    Not ``getrusage().ru_maxrss``: Linux carries that over exec from the process that spawned this one,
-    so every measured row would report at least the bench driver's own size."""
-    try:
-        with open("/proc/self/status") as f:
-            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
-    except (OSError, StopIteration):  # no procfs: ru_maxrss is the best there is (KiB on Linux)
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 @dataclass

@@ -34,11 +34,13 @@ def size_mb(paths) -> float:
 
 
 def peak_rss_mb() -> float:
-    """VmHWM, not ru_maxrss: Linux carries ru_maxrss over exec from the bench process that spawned us."""
+    """Peak resident set of this process: VmHWM, the high-water mark of its own memory map. Not
+    ``getrusage().ru_maxrss``: Linux carries that over exec from the bench process that spawned this one,
+    so every measured row would report at least the driver's own size."""
     try:
         with open("/proc/self/status") as f:
             return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
-    except (OSError, StopIteration):
+    except (OSError, StopIteration):  # no procfs: ru_maxrss is the best there is (KiB on Linux)
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
