@@ -8,25 +8,23 @@ Layout::
     golden/traces.jsonl      reference outputs (memlora.trace format) an app replays as a self-test
 
 Writing goes to a hidden temporary sibling directory that is renamed into place only when complete, so an
-interrupted export never leaves a bundle behind. Loading validates the schema and every checksum and names
-the bad file.
+interrupted export never leaves a bundle behind, and only a directory that is a bundle is ever replaced
+(`memlora.replace`). Loading validates the schema and every checksum and names the bad file.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import shutil
-import socket
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
+from memlora import replace
 from memlora.checksum import sha256_file
 from memlora.errors import MemloraError
 from memlora.paths import SCHEMAS
+from memlora.replace import OWNER, only_files
 
 if TYPE_CHECKING:  # the runtimes read bundles without importing torch
     from .decoder import DecoderConfig
@@ -35,8 +33,6 @@ if TYPE_CHECKING:  # the runtimes read bundles without importing torch
 
 SCHEMA_VERSION = "memlora-bundle/1"
 MANIFEST = "manifest.json"
-OWNER = ".owner"
-"""In a staging directory: `<host> <pid>` of the exporting process."""
 TOKENIZER_DIR = "tokenizer"
 SCHEMA_PATH = SCHEMAS / "manifest.schema.json"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
@@ -88,7 +84,7 @@ def checksums(bundle_dir: Path) -> dict[str, str]:
     return {
         p.relative_to(bundle_dir).as_posix(): sha256_file(p)
         for p in sorted(bundle_dir.rglob("*"))
-        if p.is_file() and p.name != MANIFEST
+        if p.is_file() and p.relative_to(bundle_dir).as_posix() not in (MANIFEST, OWNER)
     }
 
 
@@ -103,67 +99,30 @@ def validate_manifest(manifest: dict, source: Path) -> None:
         raise MemloraError(f"{source}: manifest does not match {SCHEMA_PATH.name} at {where}: {e.message}") from e
 
 
-@contextlib.contextmanager
-def staging(out: Path) -> Iterator[Path]:
-    """A temporary directory next to `out`; removed if the block fails, so no partial bundle remains.
-
-    A killed export (SIGKILL, power loss) cannot clean up after itself: its staging directory names the
-    process that owns it (``OWNER``), and the next export to the same `out` removes those whose owner is
-    gone."""
-    out = Path(out).resolve()
-    if out.exists() and not (out / MANIFEST).is_file():
-        if not out.is_dir() or any(out.iterdir()):
-            raise MemloraError(f"{out}: exists and is not a bundle; refusing to overwrite it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    remove_abandoned(out)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    (tmp / OWNER).write_text(f"{socket.gethostname()} {os.getpid()}\n")
+def recognise_bundle(path: Path) -> str | None:
+    """None when `path` is a bundle memlora wrote: a schema-valid manifest and no file it does not list."""
     try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
+        validate_manifest(manifest, path / MANIFEST)
+    except (OSError, ValueError):
+        return f"no readable {MANIFEST}"
+    except MemloraError:
+        return f"its {MANIFEST} is not a bundle manifest"
+    return only_files(path, {MANIFEST, *manifest["files"]})
 
 
-def remove_abandoned(out: Path) -> list[Path]:
-    """Delete staging directories of `out` left by export processes of this host that no longer run."""
-    removed = []
-    for tmp in out.parent.glob(f".{out.name}.partial-*"):
-        try:
-            host, pid = (tmp / OWNER).read_text().split()
-        except (OSError, ValueError):
-            continue  # not ours to judge: no owner recorded
-        if host == socket.gethostname() and not _running(int(pid)):
-            shutil.rmtree(tmp, ignore_errors=True)
-            removed.append(tmp)
-    return removed
-
-
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # alive, owned by someone else
-    return True
+def staging(out: Path):
+    """A staging directory for a bundle at `out`, which must be new, empty or a bundle (checked before any
+    work); see `memlora.replace`."""
+    return replace.staging(out, recognise_bundle, "bundle")
 
 
 def publish(tmp: Path, out: Path, manifest: dict) -> Path:
     """Checksum every file, validate and write the manifest, then rename the bundle into place."""
-    out = Path(out).resolve()
-    (tmp / OWNER).unlink(missing_ok=True)
     manifest = {**manifest, "files": checksums(tmp)}
     validate_manifest(manifest, tmp / MANIFEST)
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, ensure_ascii=False) + "\n")
-    if out.exists():  # an older bundle (checked by `staging`): swap, then drop it
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-        out.rename(old / out.name)
-        tmp.rename(out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        tmp.rename(out)
-    return out
+    return replace.replace_dir(tmp, out, recognise_bundle, "bundle")
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,8 @@ def main(
     """Answer a question from the memory store."""
     from .session import open_pipeline
 
-    pipeline = open_pipeline(options.store_path(store), backend, bundle, model, adapters, no_adapters, trace)
+    pipeline = open_pipeline(options.store_path(store), backend, bundle, model, adapters, no_adapters, trace,
+                             read_only=True)
     answer = pipeline.answer(question)
     console = Console()
     if show_memories:

@@ -7,6 +7,7 @@ harness. Everything lands in one output directory a user can inspect.
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import Annotated
 
@@ -47,8 +48,8 @@ def main(
     pipeline = open_pipeline(out / "store.sqlite", trace=out / "reference_trace.jsonl")
     console.print(f"adapters: {', '.join(pipeline.backend.adapters) or 'none (base model alone)'}")
     conv = load_conversation(DEMO_CONVERSATION)
-    counts = ingest(pipeline, plan(conv, window=4), "ingest demo conversation")
-    console.print(f"exchanges: {counts}; memories:")
+    results = ingest(pipeline, plan(conv, window=4), "ingest demo conversation")
+    console.print(f"exchanges: {dict(Counter(r.status for r in results))}; memories:")
     for m in pipeline.store.memories():
         console.print(f"  {m.id} ({m.date}) {m.text}", markup=False)
     for q in DEMO_QUESTIONS:
@@ -58,10 +59,6 @@ def main(
     if adapters is None:
         raise MemloraError("no shipped adapters in memlora/default_adapters: nothing to export")
     bundle = out / f"bundle-{target.replace(',', '-')}-{mode}-{quant}"
-    if bundle.exists():
-        import shutil
-
-        shutil.rmtree(bundle)
     console.print(f"exporting {target} ({mode}, {quant}) to {bundle}")
     targets = [t.strip() for t in target.split(",")]
     export_bundle(default_model_dir(), adapters, targets, mode, quant, 32, bundle,

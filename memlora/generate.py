@@ -20,6 +20,10 @@ class GenerationConfig:
     trace_top_k: int = 5
 
 
+class PromptTooLong(MemloraError):
+    """The prompt leaves no room to generate in the backend's context: the input, not the model, is at fault."""
+
+
 @dataclass
 class Generation:
     text: str
@@ -49,7 +53,7 @@ def generate(
     """
     budget = min(config.max_new_tokens, backend.max_context - len(prompt_ids))
     if budget <= 0:
-        raise MemloraError(
+        raise PromptTooLong(
             f"prompt of {len(prompt_ids)} tokens leaves no room in a context of {backend.max_context}"
         )
     backend.reset()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -11,7 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from . import options
 from .conversations import Conversation, exchanges, load_conversation, parse_range
-from .pipeline import MemoryPipeline
+from .pipeline import SKIPPED, ExchangeResult, MemoryPipeline
 from .prompts import Turn
 
 
@@ -20,17 +21,18 @@ def plan(conv: Conversation, sessions: str | None = None, window: int = 4) -> li
     return exchanges(conv, parse_range(sessions, [s.number for s in conv.sessions]), window)
 
 
-def ingest(pipeline: MemoryPipeline, todo: list[tuple[str, list[Turn]]], label: str = "ingest", progress: bool = True) -> dict[str, int]:
-    """Ingest exchange by exchange; exchanges already in the store are skipped (resumable)."""
-    counts: dict[str, int] = {}
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  disable=not progress, transient=False) as bar:
+def ingest(pipeline: MemoryPipeline, todo: list[tuple[str, list[Turn]]], label: str = "ingest",
+           progress: bool = True) -> list[ExchangeResult]:
+    """Ingest exchange by exchange under the store's writer lock; exchanges already in the store are skipped
+    (resumable, and a concurrent ingest of the same turns adds nothing twice)."""
+    results = []
+    with pipeline.store.writer(), Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                           TimeElapsedColumn(), disable=not progress, transient=False) as bar:
         task = bar.add_task(label, total=len(todo))
         for key, turns in todo:
-            result = pipeline.ingest(key, turns)
-            counts[result.status] = counts.get(result.status, 0) + 1
+            results.append(pipeline.ingest(key, turns))
             bar.advance(task)
-    return counts
+    return results
 
 
 def main(
@@ -51,9 +53,14 @@ def main(
     conv = load_conversation(file)  # bad input fails before any model loads
     todo = plan(conv, sessions, window)
     pipeline = open_pipeline(options.store_path(store), backend, bundle, model, adapters, no_adapters, trace)
-    counts = ingest(pipeline, todo, f"ingest {conv.id}")
+    results = ingest(pipeline, todo, f"ingest {conv.id}")
+    for r in results:
+        if r.status in SKIPPED:
+            typer.echo(f"warning: {file}: turns {r.turn_ids[0]}..{r.turn_ids[-1]} skipped ({SKIPPED[r.status]}): "
+                       f"{r.error}", err=True)
+    counts = Counter(r.status for r in results)
     n = len(pipeline.store.memories())
     Console().print(
-        f"exchanges: {', '.join(f'{v} {k}' for k, v in sorted(counts.items()))}; "
+        f"exchanges: {', '.join(f'{v} {k}' for k, v in sorted(counts.items())) or 'none'}; "
         f"{n} memories in {pipeline.store.path}"
     )

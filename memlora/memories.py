@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from . import options
-from .errors import MemloraError
+from .pipeline import SKIPPED
 from .store import MemoryStore
 
 
@@ -21,9 +21,7 @@ def main(
 ) -> None:
     """List stored memories (and their change history)."""
     path = options.store_path(store)
-    if not path.is_file():
-        raise MemloraError(f"{path}: no memory store here yet; run `memlora ingest` first")
-    s = MemoryStore(path)
+    s = MemoryStore(path, read_only=True)
     mems, rows = s.memories(), s.history()
     if as_json:
         print(json.dumps({"memories": [m.__dict__ for m in mems],
@@ -43,7 +41,7 @@ def main(
         for r in rows:
             h.add_row(str(r.seq), r.memory_id, r.event, r.old_text or "", r.new_text or "", ",".join(r.turn_ids))
         console.print(h)
-    failed = [e for e in s.exchanges() if e["status"] == "malformed"]
-    if failed:
-        console.print(f"[yellow]{len(failed)} exchanges skipped for malformed model output "
-                      f"(kept in the store's `exchanges` table)[/yellow]")
+    for status, why in SKIPPED.items():
+        n = sum(e["status"] == status for e in s.exchanges())
+        if n:
+            console.print(f"[yellow]{n} exchanges skipped: {why} (kept in the store's `exchanges` table)[/yellow]")

@@ -9,10 +9,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from .errors import MemloraError
+
 EVENTS = ("ADD", "UPDATE", "DELETE", "NONE")
 
 
-class MalformedOutput(ValueError):
+class MalformedOutput(MemloraError, ValueError):
     """The model's output does not have the shape the operation requires."""
 
 
@@ -34,6 +36,8 @@ def _first_json_object(text: str) -> dict:
         obj, _ = json.JSONDecoder().raw_decode(text[start:])
     except json.JSONDecodeError as e:
         raise MalformedOutput(f"invalid JSON: {e.msg} at char {e.pos}") from e
+    except RecursionError as e:
+        raise MalformedOutput("JSON nested too deeply") from e
     if not isinstance(obj, dict):
         raise MalformedOutput("output JSON is not an object")
     return obj

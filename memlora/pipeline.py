@@ -6,20 +6,25 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .backend import Backend
-from .generate import Generation, GenerationConfig, generate
+from .generate import Generation, GenerationConfig, PromptTooLong, generate
 from .parse import MalformedOutput, parse_answer, parse_facts, parse_update
 from .prompts import MAX_NEW_TOKENS, STOP, Memory, Turn, answer_messages, extract_messages, render, update_messages
 from .store import Change, MemoryStore
 from .trace import TraceWriter
 
 
+SKIPPED = {"malformed": "malformed model output", "too_long": "longer than the model's context"}
+"""Statuses of exchanges recorded as done without changes because of a problem, and what to call it."""
+
+
 @dataclass
 class ExchangeResult:
     key: str
-    status: str  # applied | no_facts | malformed | done_before
+    status: str  # applied | no_facts | done_before | one of SKIPPED
     facts: list[str] = field(default_factory=list)
     events: list[tuple[str, str]] = field(default_factory=list)  # (event, memory id)
     error: str = ""
+    turn_ids: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -55,27 +60,40 @@ class MemoryPipeline:
         return generate(self.backend, self.tokenizer, ids, self.adapter_for(op), config, self.eos_ids, op, self.trace)
 
     def ingest(self, key: str, turns: list[Turn]) -> ExchangeResult:
-        """Process one exchange; its changes land in one transaction, or nothing lands."""
+        """Process one exchange; its changes land in one transaction, or nothing lands.
+
+        An exchange the model cannot handle (malformed output, a prompt longer than the context) is
+        recorded as skipped with its reason, so ingest moves on and a rerun does not stop there again."""
         turn_ids = [t.turn_id for t in turns]
         if self.store.is_done(key):
-            return ExchangeResult(key, "done_before")
-        raw = self.run("extract", extract_messages(turns)).text
+            return ExchangeResult(key, "done_before", turn_ids=turn_ids)
+
+        def skip(status: str, facts: list[str] | None, op: str | None = None, raw: str | None = None,
+                 error: str = "") -> ExchangeResult:
+            if not self.store.record_skipped(key, turn_ids, status, facts, op, raw, error or None):
+                return ExchangeResult(key, "done_before", turn_ids=turn_ids)
+            return ExchangeResult(key, status, facts or [], error=f"{op}: {error}" if op else error, turn_ids=turn_ids)
+
+        try:
+            raw = self.run("extract", extract_messages(turns)).text
+        except PromptTooLong as e:
+            return skip("too_long", None, "extract", None, str(e))
         try:
             facts = parse_facts(raw)
         except MalformedOutput as e:
-            self.store.record_skipped(key, turn_ids, "malformed", None, "extract", raw, str(e))
-            return ExchangeResult(key, "malformed", error=f"extract: {e}")
+            return skip("malformed", None, "extract", raw, str(e))
         if not facts:
-            self.store.record_skipped(key, turn_ids, "no_facts", facts)
-            return ExchangeResult(key, "no_facts")
+            return skip("no_facts", facts)
         fact_vecs = self.embedder.embed(facts)
         related = self._related(fact_vecs)
-        raw = self.run("mem_update", update_messages(facts, related)).text
+        try:
+            raw = self.run("mem_update", update_messages(facts, related)).text
+        except PromptTooLong as e:
+            return skip("too_long", facts, "mem_update", None, str(e))
         try:
             events = parse_update(raw, {str(i) for i in range(len(related))})
         except MalformedOutput as e:
-            self.store.record_skipped(key, turn_ids, "malformed", facts, "mem_update", raw, str(e))
-            return ExchangeResult(key, "malformed", facts, error=f"mem_update: {e}")
+            return skip("malformed", facts, "mem_update", raw, str(e))
         new_texts = [e.text for e in events if e.event in ("ADD", "UPDATE")]
         vecs = iter(self.embedder.embed(new_texts)) if new_texts else iter(())
         changes = [
@@ -88,8 +106,10 @@ class MemoryPipeline:
             for e in events
         ]
         ids = self.store.apply(key, turn_ids, turns[0].date, facts, changes)
+        if ids is None:
+            return ExchangeResult(key, "done_before", turn_ids=turn_ids)
         applied = [c.event for c in changes if c.event != "NONE"]
-        return ExchangeResult(key, "applied", facts, list(zip(applied, ids)))
+        return ExchangeResult(key, "applied", facts, list(zip(applied, ids)), turn_ids=turn_ids)
 
     def _related(self, fact_vecs) -> list[Memory]:
         """The union of each fact's top-k stored memories, best score first."""

@@ -35,13 +35,18 @@ def open_pipeline(
     adapters: Path | None = None,
     no_adapters: bool = False,
     trace: Path | None = None,
+    read_only: bool = False,
 ) -> MemoryPipeline:
-    """Build the pipeline the options describe; the default is the reference model with shipped adapters."""
+    """Build the pipeline the options describe; the default is the reference model with shipped adapters.
+
+    The store is opened first (read-only for verbs that only read it), so a wrong `--store` fails before a
+    model loads."""
     from memlora.runtime.registry import open_backend
 
     from .embed import Embedder
     from .paths import default_model_dir
 
+    memory = MemoryStore(store, read_only=read_only)
     if backend == "torch":
         model = Path(model) if model else default_model_dir()
         if not (model / "config.json").is_file():
@@ -52,7 +57,7 @@ def open_pipeline(
     return MemoryPipeline(
         be,
         load_tokenizer(tok_dir),
-        MemoryStore(store),
+        memory,
         Embedder(),
         use_adapters=not no_adapters,
         trace=TraceWriter(trace) if trace else None,

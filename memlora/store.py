@@ -2,34 +2,47 @@
 
 An exchange (a window of turns) is applied atomically together with the row that marks it done, so a
 process killed mid-ingest leaves either the whole exchange or none of it, and a rerun skips what is done.
+The done-check runs again inside the write transaction, so two writers never apply one exchange twice;
+`writer()` serialises whole ingests, so concurrent ingests give what one sequential run gives.
+
+A store carries its schema version in `meta`; opening checks it and the tables, and refuses a database
+that is not a memory store (or is one of a newer memlora) without writing to it. Read-only verbs open it
+read-only, which also works on read-only media.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import os
 import sqlite3
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
+from urllib.parse import quote
 
 import numpy as np
 
 from .errors import MemloraError
 from .prompts import Memory
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS memories (
-    id TEXT PRIMARY KEY, text TEXT NOT NULL, date TEXT NOT NULL, embedding BLOB NOT NULL,
-    created_seq INTEGER NOT NULL, updated_seq INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS history (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT, memory_id TEXT NOT NULL, event TEXT NOT NULL,
-    old_text TEXT, new_text TEXT, date TEXT NOT NULL, turn_ids TEXT NOT NULL, exchange TEXT NOT NULL,
-    at REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS exchanges (
-    key TEXT PRIMARY KEY, status TEXT NOT NULL, turn_ids TEXT NOT NULL, facts TEXT,
-    failed_op TEXT, raw_output TEXT, error TEXT, at REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-"""
+SCHEMA_VERSION = 1
+"""Bump when the tables change; stores of memlora 0.2 have these tables and no version row (read as 1)."""
+_TABLES = {
+    "memories": "id TEXT PRIMARY KEY, text TEXT NOT NULL, date TEXT NOT NULL, embedding BLOB NOT NULL, "
+                "created_seq INTEGER NOT NULL, updated_seq INTEGER NOT NULL",
+    "history": "seq INTEGER PRIMARY KEY AUTOINCREMENT, memory_id TEXT NOT NULL, event TEXT NOT NULL, "
+               "old_text TEXT, new_text TEXT, date TEXT NOT NULL, turn_ids TEXT NOT NULL, exchange TEXT NOT NULL, "
+               "at REAL NOT NULL",
+    "exchanges": "key TEXT PRIMARY KEY, status TEXT NOT NULL, turn_ids TEXT NOT NULL, facts TEXT, "
+                 "failed_op TEXT, raw_output TEXT, error TEXT, at REAL NOT NULL",
+    "meta": "key TEXT PRIMARY KEY, value TEXT NOT NULL",
+}
+_COLUMNS = {t: [c.split()[0] for c in spec.split(", ")] for t, spec in _TABLES.items()}
+BUSY_TIMEOUT_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -55,22 +68,79 @@ class HistoryRow:
 
 
 class MemoryStore:
-    """A SQLite-backed memory store with embeddings for cosine retrieval."""
+    """A SQLite-backed memory store with embeddings for cosine retrieval.
 
-    def __init__(self, path: Path | str):
+    ``read_only=True`` never creates, converts or writes anything, and needs the store to exist."""
+
+    def __init__(self, path: Path | str, read_only: bool = False):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.read_only = read_only
         try:
-            self.db = sqlite3.connect(str(self.path), isolation_level=None)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=FULL")
-            self.db.executescript(_SCHEMA)
-        except sqlite3.DatabaseError as e:
+            self.db = _connect_read_only(self.path) if read_only else _connect(self.path)
+            self._check_schema()
+        except sqlite3.Error as e:
             raise MemloraError(f"{self.path}: not a usable memory store ({e})") from e
         self._cache: tuple[list[Memory], np.ndarray] | None = None
 
     def close(self) -> None:
         self.db.close()
+
+    def _check_schema(self) -> None:
+        """Accept our own tables at a version we read; create them in an empty database; refuse the rest."""
+        found = self._tables()
+        if not found:
+            if self.read_only:
+                raise MemloraError(f"{self.path}: an empty database, not a memory store; run `memlora ingest` first")
+            script = "".join(f"CREATE TABLE IF NOT EXISTS {t} ({spec});\n" for t, spec in _TABLES.items())
+            self.db.executescript(f"BEGIN IMMEDIATE;\n{script}INSERT OR IGNORE INTO meta VALUES "
+                                  f"('schema_version', '{SCHEMA_VERSION}');\nCOMMIT;")
+            found = self._tables()
+        if found != _COLUMNS:
+            have = ", ".join(sorted(found)) or "none"
+            raise MemloraError(f"{self.path}: not a memlora memory store (tables: {have}); refusing to touch it")
+        row = self.db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        version = int(row[0]) if row and row[0].isdigit() else SCHEMA_VERSION
+        if version > SCHEMA_VERSION:
+            raise MemloraError(f"{self.path}: written by a newer memlora (store schema {version}, this version "
+                               f"reads {SCHEMA_VERSION}); upgrade memlora to use it")
+        if not self.read_only:
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=FULL")
+            if row is None:  # a memlora 0.2 store: same tables, version not yet recorded
+                self.db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+
+    def _tables(self) -> dict[str, list[str]]:
+        names = [r[0] for r in self.db.execute(
+            "SELECT name FROM sqlite_master WHERE type='table' AND name NOT LIKE 'sqlite_%' ORDER BY name")]
+        return {n: [c[1] for c in self.db.execute(f'PRAGMA table_info("{n}")')] for n in names}
+
+    @contextlib.contextmanager
+    def writer(self) -> Iterator[None]:
+        """Hold the store's writer lock (``<store>.lock``) for a whole ingest; a second ingest waits for it.
+
+        Each exchange retrieves what earlier ones stored, so interleaving two ingests would give a store no
+        sequential run gives; the lock makes concurrent runs one sequential run."""
+        lock_path = self.path.with_name(self.path.name + ".lock")
+        try:
+            fh = lock_path.open("a+")
+        except OSError as e:
+            raise MemloraError(f"{lock_path}: cannot create the store's writer lock ({e.strerror})") from e
+        with fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                fh.seek(0)
+                owner = fh.read().strip() or "another process"
+                print(f"waiting for another writer of {self.path} ({owner}) to finish", file=sys.stderr, flush=True)
+                fcntl.flock(fh, fcntl.LOCK_EX)
+            with contextlib.suppress(OSError):  # who holds it, for the message above; the lock works without
+                fh.truncate(0)
+                fh.write(f"pid {os.getpid()}\n")
+                fh.flush()
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
 
     # -- exchanges -------------------------------------------------------------------------------
     def is_done(self, key: str) -> bool:
@@ -79,19 +149,24 @@ class MemoryStore:
     def record_skipped(
         self, key: str, turn_ids: list[str], status: str, facts: list[str] | None = None,
         failed_op: str | None = None, raw_output: str | None = None, error: str | None = None,
-    ) -> None:
-        """Mark an exchange done without changes (no facts, or a malformed output kept for inspection)."""
-        self.db.execute(
-            "INSERT OR REPLACE INTO exchanges VALUES (?,?,?,?,?,?,?,?)",
-            (key, status, json.dumps(turn_ids), json.dumps(facts), failed_op, raw_output, error, time.time()),
-        )
+    ) -> bool:
+        """Mark an exchange done without changes (no facts, too long, or a malformed output kept for
+        inspection). False when another writer finished it first (its record is kept)."""
+        with self._write(key) as cur:
+            cur.execute(
+                "INSERT OR IGNORE INTO exchanges VALUES (?,?,?,?,?,?,?,?)",
+                (key, status, json.dumps(turn_ids), json.dumps(facts), failed_op, raw_output, error, time.time()),
+            )
+            return cur.rowcount == 1
 
-    def apply(self, key: str, turn_ids: list[str], date: str, facts: list[str], changes: list[Change]) -> list[str]:
-        """Apply `changes` and mark the exchange done, in one transaction. Returns the ids touched."""
+    def apply(self, key: str, turn_ids: list[str], date: str, facts: list[str],
+              changes: list[Change]) -> list[str] | None:
+        """Apply `changes` and mark the exchange done, in one transaction. Returns the ids touched, or None
+        (and changes nothing) when the exchange is already done."""
         touched: list[str] = []
-        cur = self.db.cursor()
-        cur.execute("BEGIN IMMEDIATE")
-        try:
+        with self._write(key) as cur:
+            if cur.execute("SELECT 1 FROM exchanges WHERE key=?", (key,)).fetchone() is not None:
+                return None
             seq = int((cur.execute("SELECT value FROM meta WHERE key='seq'").fetchone() or ("0",))[0]) + 1
             next_id = int((cur.execute("SELECT value FROM meta WHERE key='next_id'").fetchone() or ("0",))[0])
             for c in changes:
@@ -128,16 +203,31 @@ class MemoryStore:
             cur.execute("INSERT OR REPLACE INTO meta VALUES ('seq', ?)", (str(seq),))
             cur.execute("INSERT OR REPLACE INTO meta VALUES ('next_id', ?)", (str(next_id),))
             cur.execute(
-                "INSERT OR REPLACE INTO exchanges VALUES (?,?,?,?,?,?,?,?)",
+                "INSERT INTO exchanges VALUES (?,?,?,?,?,?,?,?)",
                 (key, "applied", json.dumps(turn_ids), json.dumps(facts), None, None, None, time.time()),
             )
-            cur.execute("COMMIT")
-        except BaseException:
-            cur.execute("ROLLBACK")
-            raise
+        return touched
+
+    @contextlib.contextmanager
+    def _write(self, key: str) -> Iterator[sqlite3.Cursor]:
+        """One write transaction: committed whole, or rolled back whole with a one-line error (disk full...)."""
+        if self.read_only:
+            raise MemloraError(f"{self.path}: opened read-only")
+        cur = self.db.cursor()
+        try:
+            cur.execute("BEGIN IMMEDIATE")
+            try:
+                yield cur
+                cur.execute("COMMIT")
+            except BaseException:
+                if self.db.in_transaction:
+                    cur.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as e:
+            raise MemloraError(f"{self.path}: cannot write the memory store ({e}); nothing of exchange "
+                               f"{key} was written") from e
         finally:
             self._cache = None
-        return touched
 
     # -- reading ---------------------------------------------------------------------------------
     def memories(self) -> list[Memory]:
@@ -172,6 +262,31 @@ class MemoryStore:
             mat = np.stack([np.frombuffer(r[3], dtype=np.float32) for r in rows]) if rows else np.zeros((0, 0), np.float32)
             self._cache = (mems, mat)
         return self._cache
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    """A writable connection; creates the store (and its folder) when missing."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise MemloraError(f"{path.parent}: cannot create the store's folder ({e.strerror})") from e
+    return sqlite3.connect(str(path), isolation_level=None, timeout=BUSY_TIMEOUT_S)
+
+
+def _connect_read_only(path: Path) -> sqlite3.Connection:
+    """A connection that cannot write; on read-only media (no -shm can be made) the file is opened immutable."""
+    if not path.is_file():
+        raise MemloraError(f"{path}: no memory store here; run `memlora ingest` first (or pass --store)")
+    uri = f"file:{quote(str(path.resolve()))}?mode=ro"
+    db = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=BUSY_TIMEOUT_S)
+    try:
+        db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        return db
+    except sqlite3.OperationalError:
+        if os.access(path.parent, os.W_OK):
+            raise
+        db.close()
+        return sqlite3.connect(uri + "&immutable=1", uri=True, isolation_level=None)
 
 
 def _blob(v: np.ndarray | None) -> bytes:

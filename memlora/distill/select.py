@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import json
 import random
-import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from memlora.errors import MemloraError
+from memlora.replace import check_replaceable, only_files, replace_dir, staging
 
 from .teacher import Example
 from .train import TARGET_MODULES, TrainConfig, encode, train
@@ -61,15 +60,14 @@ def distill(
     """Train every grid point, keep the checkpoint with the lowest validation loss, write it atomically to
     `out_dir` with `selection.json` (the choice, all validation scores, data and timing)."""
     t0 = time.time()
+    out_dir = Path(out_dir)
+    check_replaceable(out_dir, recognise_adapter, "distilled adapter")  # before any training
     inner_train, inner_val = split_groups(examples, val_groups)
     data = encode(tokenizer, _sample(inner_train, grid.train_examples, base.seed), grid.max_len)
     val = encode(tokenizer, _sample(inner_val, grid.val_examples, base.seed + 1), grid.max_len)
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
     best: dict = {"val_loss": float("inf")}
     points = []
-    try:
+    with staging(out_dir, recognise_adapter, "distilled adapter") as tmp:
         for rank in grid.ranks:
             for lr in grid.lrs:
                 cfg = replace(base, rank=rank, lr=lr, epochs=grid.max_epochs)
@@ -99,13 +97,15 @@ def distill(
             "total_seconds": round(time.time() - t0, 1),
         }
         (tmp / SELECTION_FILE).write_text(json.dumps(record, indent=2))
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        replace_dir(tmp, out_dir, recognise_adapter, "distilled adapter")
     return record
+
+
+def recognise_adapter(path: Path) -> str | None:
+    """None when `path` holds an adapter `distill` wrote (and nothing else)."""
+    if not (path / SELECTION_FILE).is_file():
+        return f"no {SELECTION_FILE}"
+    return only_files(path, {"adapter_config.json", "adapter_model.safetensors", SELECTION_FILE})
 
 
 def _portable_config(path: Path, base_name: str) -> None:
