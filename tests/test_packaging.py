@@ -1,0 +1,32 @@
+"""The built wheel carries every data file the package reads at run time, and builds without warnings."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = (
+    "memlora/schemas/manifest.schema.json",
+    "memlora/schemas/trace.schema.json",
+    "memlora/data/demo_conversation.jsonl",
+    "memlora/runtime/parity/thresholds.json",
+    "memlora/runtime/bench/peer_scripts/peer_common.py",
+    *(f"memlora/default_adapters/{op}/{f}" for op in ("extract", "mem_update", "answer")
+      for f in ("adapter_config.json", "adapter_model.safetensors", "selection.json")),
+)
+
+
+def test_wheel_holds_schemas_thresholds_adapters_and_peer_scripts(tmp_path):
+    build = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path), str(ROOT)],
+        capture_output=True, text=True, timeout=600)
+    assert build.returncode == 0, build.stderr[-3000:]
+    log = build.stdout + build.stderr
+    assert "BuildBackendWarning" not in log and "SetuptoolsDeprecationWarning" not in log, log
+    (wheel,) = tmp_path.glob("memlora-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    missing = [d for d in DATA if d not in names]
+    assert not missing, missing
