@@ -98,6 +98,10 @@ class MemoryStore:
         if found != _COLUMNS:
             have = ", ".join(sorted(found)) or "none"
             raise MemloraError(f"{self.path}: not a memlora memory store (tables: {have}); refusing to touch it")
+        problems = [r[0] for r in self.db.execute("PRAGMA quick_check(3)")]
+        if problems != ["ok"]:  # a damaged page would otherwise surface mid-ingest as a traceback
+            raise MemloraError(f"{self.path}: the memory store is damaged ({'; '.join(problems)}); restore it from "
+                               "a copy or re-ingest into a new store")
         row = self.db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
         version = int(row[0]) if row and row[0].isdigit() else SCHEMA_VERSION
         if version > SCHEMA_VERSION:

@@ -363,3 +363,16 @@ def test_an_exchange_longer_than_the_context_is_skipped_and_ingest_moves_on(tiny
     assert [e["status"] for e in s.exchanges()][0] == "too_long" and s.memories()
     code, so, se = cli(*args, home=tmp_path)
     assert code == 0 and "done_before" in so and "too_long" not in so.split("exchanges:")[1], so + se
+
+
+@pytest.mark.parametrize("damage", ["truncated", "flipped"])
+def test_a_damaged_store_is_refused_on_open_not_mid_read(damage, tmp_path):
+    store = a_store(tmp_path / "s.sqlite", texts=[f"fact {i} " * 40 for i in range(100)])
+    store.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    store.close()
+    raw = bytearray((tmp_path / "s.sqlite").read_bytes())
+    half = len(raw) // 2
+    raw = raw[:half] if damage == "truncated" else raw[:half] + bytes(b ^ 0x5A for b in raw[half:half + 4096]) + raw[half + 4096:]
+    (tmp_path / "s.sqlite").write_bytes(bytes(raw))
+    code, so, se = cli("memories", "--store", tmp_path / "s.sqlite", home=tmp_path)
+    assert_one_line_error(code, so, se, "s.sqlite", "malformed")
