@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+SOURCES = ("pyproject.toml", "README.md", "memlora", "export", "runtime_py")
 DATA = (
     "memlora/schemas/manifest.schema.json",
     "memlora/schemas/trace.schema.json",
@@ -20,8 +22,15 @@ DATA = (
 
 
 def test_wheel_holds_schemas_thresholds_adapters_and_peer_scripts(tmp_path):
+    src = tmp_path / "src"  # setuptools leaves build/ in the source tree: build from a copy of the sources
+    src.mkdir()
+    for name in SOURCES:
+        if (ROOT / name).is_dir():
+            shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(ROOT / name, src / name)
     build = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path), str(ROOT)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path), str(src)],
         capture_output=True, text=True, timeout=600)
     assert build.returncode == 0, build.stderr[-3000:]
     log = build.stdout + build.stderr

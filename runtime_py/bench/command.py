@@ -7,7 +7,6 @@ threads pinned to the same count; ours are driven through `memlora.generate` wit
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import time
@@ -20,10 +19,7 @@ from memlora.errors import MemloraError
 from memlora.options import Adapters, Model
 
 from . import bandwidth, peers, summary
-from .measure import BenchConfig, Job, measure_in_subprocess
-
-BENCH_ADAPTER = "extract"
-"""The adapter active while ours decode (the longest-output operation); switching goes to another one."""
+from .measure import BENCH_ADAPTER, BenchConfig, Job, measure_in_subprocess
 
 
 def benchmark_prompt(tokenizer, n: int) -> list[int]:

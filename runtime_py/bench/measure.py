@@ -18,12 +18,15 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 
 from memlora.generate import GenerationConfig, generate
 
 # the peers' drivers summarize timings and read peak RSS with these too: one definition for every row
 from .peer_scripts.peer_common import peak_rss_mb, spread
+
+
+BENCH_ADAPTER = "extract"
+"""The adapter active while ours decode (the longest-output operation); switching goes to another one."""
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ import statistics
 from pathlib import Path
 
 from . import bandwidth
-from .measure import BenchConfig
+from .measure import BENCH_ADAPTER, BenchConfig
 
 FIGURES = ("decode_tok_s", "prefill_tok_s", "ttft_ms")
 PRECISION_CLASS = {"fp32": "fp32", "int8": "int8", "int4": "int4", "bf16": "bf16"}
@@ -110,8 +110,6 @@ def peer_bytes(row: dict, kv_bytes: float) -> tuple[float, str]:
 
 def assemble(machine: dict, bw: float, config: BenchConfig, prompt: list[int], model_cfg: dict,
              reference: dict, ours: list[dict], peer_rows: list[dict]) -> dict:
-    from .command import BENCH_ADAPTER
-
     kv = bandwidth.kv_bytes_per_token(model_cfg, len(prompt) + config.decode_tokens / 2)
     ref32, ref16 = flatten(reference["float32"]), flatten(reference["bfloat16"])
     ref_tokens, base_tokens = reference["float32"]["tokens"], reference["float32"]["extra_tokens"]["None"]
