@@ -1,7 +1,8 @@
 """`memlora export`: turn a HF model and its PEFT adapters into a bundle for one or more runtimes.
 
 Library function `export_bundle`; `main` is the thin CLI wrapper (registered as `memlora export`) that
-shows one progress bar over the stages. Each target is a module with
+shows one progress bar over the stages. Each target is a module with ``check_request(request)`` (refuses
+a mode or quant it cannot export; run for every target before any is built) and
 ``export_target(request: TargetRequest, bundle_dir, stage) -> manifest entry``.
 """
 
@@ -47,8 +48,13 @@ def export_bundle(
     embedding_int8: bool = False,
     stage: Callable[[str], None] = lambda s: None,
 ) -> Path:
-    """Export `targets` into a new bundle at `out` (written aside, renamed into place when complete)."""
+    """Export `targets` into a new bundle at `out` (written aside, renamed into place when complete).
+
+    Every check that needs no export runs first -- the adapters against the model as the exporters and the
+    golden reference (transformers+peft) read them, the tokenizer, each target's mode and quant -- so bad
+    input fails in seconds, not after the targets are built."""
     from memlora import prompts
+    from memlora.adapters import load_checked_adapters
     from memlora.session import load_tokenizer
 
     from . import bundle, golden
@@ -61,13 +67,17 @@ def export_bundle(
     model_dir, adapters_dir = Path(model_dir), Path(adapters_dir)
     stage("check model and adapters")
     config = DecoderConfig.from_hf(model_dir, max_context)
+    load_checked_adapters(adapters_dir, model_dir)
     adapters = load_adapters(adapters_dir, config)
     tokenizer = load_tokenizer(model_dir)
     request = bundle.TargetRequest(model_dir, adapters, mode, quant, block_size, config.max_context, embedding_int8)
+    exporters = {target: importlib.import_module(TARGETS[target]) for target in targets}
+    for exporter in exporters.values():
+        exporter.check_request(request)
     with bundle.staging(out) as tmp:
         entries = {}
-        for target in targets:
-            entries[target] = importlib.import_module(TARGETS[target]).export_target(request, tmp, stage)
+        for target, exporter in exporters.items():
+            entries[target] = exporter.export_target(request, tmp, stage)
         stage("tokenizer")
         tok_entry = bundle.copy_tokenizer(model_dir, tmp)
         model = bundle.model_entry(config, model_dir.name, tokenizer)

@@ -257,13 +257,17 @@ def write_program(et, path: Path) -> list[Path]:
     return [path, *sorted(set(path.parent.glob("*.ptd")) - before)]
 
 
+def check_request(req: TargetRequest) -> None:
+    executorch_quant.check_quant(req.quant)
+    if req.mode not in MODES:
+        raise MemloraError(f"ExecuTorch export: mode must be one of {MODES}, not {req.mode!r}")
+
+
 def export_target(req: TargetRequest, bundle_dir: Path, stage: Callable[[str], None] = lambda s: None) -> dict:
     """Write the ExecuTorch target into ``bundle_dir/executorch`` and return its manifest entry."""
     from memlora.session import load_tokenizer
 
-    executorch_quant.check_quant(req.quant)
-    if req.mode not in MODES:
-        raise MemloraError(f"ExecuTorch export: mode must be one of {MODES}, not {req.mode!r}")
+    check_request(req)
     out_dir = bundle_dir / TARGET
     out_dir.mkdir(parents=True, exist_ok=True)
     slots = unify_slots(req.adapters.values()) if req.adapters else None

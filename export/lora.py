@@ -25,7 +25,7 @@ from typing import Iterable
 
 import torch
 
-from memlora.adapters import find_adapters, read_config
+from memlora.adapters import check_rank, find_adapters, pattern_value, read_config
 from memlora.checksum import sha256_file
 from memlora.errors import MemloraError
 
@@ -65,16 +65,9 @@ def expected_shape(config: DecoderConfig, target: str) -> tuple[int, int]:
     }[target]
 
 
-def _pattern_value(patterns: dict, module: str, default):
-    """PEFT's per-module override: a key matches the module path or a dotted suffix of it."""
-    for key, value in patterns.items():
-        if re.match(rf"(.*\.)?({key})$", module):
-            return value
-    return default
-
-
 def load_adapter(path: Path, config: DecoderConfig, name: str | None = None) -> Adapter:
-    """Read a PEFT adapter and check every tensor against the base: known module, layer, and shape."""
+    """Read a PEFT adapter and check every tensor against the base (known module, layer, and shape) and its
+    rank against the config's, which PEFT and the scale below go by."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -109,7 +102,8 @@ def load_adapter(path: Path, config: DecoderConfig, name: str | None = None) -> 
                 f"{weights_path}: {module} has A {tuple(a.shape)} and B {tuple(b.shape)}, the base needs "
                 f"A (r, {in_f}) and B ({out_f}, r): this adapter was trained for another base"
             )
-        alpha = float(_pattern_value(cfg.get("alpha_pattern") or {}, module, cfg["lora_alpha"]))
+        check_rank(path, cfg, module, f"base_model.model.model.{module}.lora_A.weight", r)
+        alpha = float(pattern_value(cfg.get("alpha_pattern") or {}, module, cfg["lora_alpha"]))
         scale = alpha / math.sqrt(r) if cfg.get("use_rslora") else alpha / r
         weights[module] = (a, b * scale)
     if not weights:

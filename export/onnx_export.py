@@ -322,11 +322,15 @@ def quant_recipe(quant: str, block_size: int) -> dict:
             "symmetric": True, "accuracy_level": 4, "scope": "base MatMul weights; LoRA and embeddings stay float"}
 
 
+def check_request(req: TargetRequest) -> None:
+    if req.mode not in MODES or req.quant not in QUANTS:
+        raise MemloraError(f"ONNX export: mode must be one of {MODES} and quant one of {QUANTS}")
+
+
 def export_target(req: TargetRequest, bundle_dir: Path, stage: Callable[[str], None] = lambda s: None) -> dict:
     """Write the ONNX target into ``bundle_dir/onnx`` and return its manifest entry (paths relative to the
     bundle)."""
-    if req.mode not in MODES or req.quant not in QUANTS:
-        raise MemloraError(f"ONNX export: mode must be one of {MODES} and quant one of {QUANTS}")
+    check_request(req)
     out_dir = bundle_dir / TARGET
     out_dir.mkdir(parents=True, exist_ok=True)
     graphs: dict[str, str] = {}

@@ -7,7 +7,8 @@ PEFT's format (`adapter_config.json` + `adapter_model.safetensors`).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from safetensors import safe_open
@@ -26,6 +27,7 @@ class AdapterInfo:
     rank: int
     alpha: float
     targets: tuple[str, ...]
+    config: dict = field(repr=False, compare=False)
 
     @property
     def scale(self) -> float:
@@ -76,7 +78,7 @@ def read_adapter(name: str, path: Path) -> AdapterInfo:
     targets = cfg["target_modules"]
     try:
         targets = (targets,) if isinstance(targets, str) else tuple(sorted(targets))
-        info = AdapterInfo(name, Path(path), int(cfg["r"]), float(cfg["lora_alpha"]), targets)
+        info = AdapterInfo(name, Path(path), int(cfg["r"]), float(cfg["lora_alpha"]), targets, cfg)
     except (ValueError, TypeError) as e:
         raise MemloraError(f"{Path(path) / 'adapter_config.json'}: not a valid PEFT LoRA adapter config ({e!r})") from e
     if not info.weights_file.is_file():
@@ -100,8 +102,28 @@ def base_weight_shapes(model_dir: Path) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+def pattern_value(patterns: dict, module: str, default):
+    """PEFT's per-module override (`rank_pattern`, `alpha_pattern`): a key matches the module path or a
+    dotted suffix of it."""
+    for key, value in patterns.items():
+        if re.match(rf"(.*\.)?({key})$", module):
+            return value
+    return default
+
+
+def check_rank(adapter_dir: Path, cfg: dict, module: str, key: str, rank: int) -> None:
+    """Refuse a LoRA tensor whose rank is not the one PEFT builds its module with (`r`, or `rank_pattern`):
+    PEFT would fail on it only when it loads, and the scale alpha / r would be the config's, not the file's."""
+    want = int(pattern_value(cfg.get("rank_pattern") or {}, module, cfg["r"]))
+    if rank != want:
+        raise MemloraError(f"{Path(adapter_dir) / 'adapter_config.json'}: r={want} disagrees with the tensor shapes "
+                           f"in adapter_model.safetensors ({key} has rank {rank})")
+
+
 def check_adapter_fits(info: AdapterInfo, base_shapes: dict[str, tuple[int, ...]], model_dir: Path) -> None:
-    """Refuse an adapter whose LoRA matrices do not match the base model's layer names and shapes."""
+    """Refuse an adapter whose LoRA matrices do not match the base model's layer names and shapes, whose
+    rank is not its config's, or that lacks a tensor of a module it targets: PEFT would run a missing
+    lora_A or lora_B with freshly initialised values instead of refusing it."""
     try:
         with safe_open(str(info.weights_file), framework="pt") as sf:
             lora = {k: tuple(sf.get_slice(k).get_shape()) for k in sf.keys()}
@@ -109,10 +131,11 @@ def check_adapter_fits(info: AdapterInfo, base_shapes: dict[str, tuple[int, ...]
         raise MemloraError(f"{info.weights_file}: unreadable adapter weights ({e})") from e
     if not lora:
         raise MemloraError(f"{info.weights_file}: adapter holds no tensors")
+    found: dict[str, set[str]] = {}
     for key, shape in lora.items():
         if ".lora_A." not in key and ".lora_B." not in key:
             continue
-        module = key.removeprefix(_PREFIX).split(".lora_")[0]
+        module, part = key.removeprefix(_PREFIX).split(".lora_")
         base = base_shapes.get(module + ".weight")
         if base is None:
             raise MemloraError(
@@ -120,15 +143,22 @@ def check_adapter_fits(info: AdapterInfo, base_shapes: dict[str, tuple[int, ...]
                 f"does not exist in {model_dir}"
             )
         out_f, in_f = base
-        if ".lora_A." in key:
-            ok, want = shape == (info.rank, in_f), (info.rank, in_f)
-        else:
-            ok, want = shape == (out_f, info.rank), (out_f, info.rank)
-        if not ok:
+        is_a = part.startswith("A.")
+        if len(shape) != 2 or shape[1 if is_a else 0] != (in_f if is_a else out_f):
             raise MemloraError(
                 f"{info.weights_file}: adapter for another base model: {key} has shape {list(shape)}, "
-                f"{model_dir} needs {list(want)}"
+                f"{model_dir} needs {f'[r, {in_f}]' if is_a else f'[{out_f}, r]'}"
             )
+        check_rank(info.path, info.config, module, key, shape[0 if is_a else 1])
+        found.setdefault(module, set()).add(part[0])
+    kinds = {m.rsplit(".", 1)[-1] for m in found} | set(info.targets)
+    for name in sorted(base_shapes):
+        module = name.removesuffix(".weight")
+        if name.endswith(".weight") and any(module == k or module.endswith("." + k) for k in kinds):
+            missing = sorted({"A", "B"} - found.get(module, set()))
+            if missing:
+                raise MemloraError(f"{info.weights_file}: tensor {_PREFIX}{module}.lora_{missing[0]}.weight is missing "
+                                   f"(the adapter targets {module.rsplit('.', 1)[-1]}; PEFT would run it with initial values)")
 
 
 def load_checked_adapters(adapters_dir: Path, model_dir: Path) -> dict[str, AdapterInfo]:

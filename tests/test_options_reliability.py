@@ -1,0 +1,109 @@
+"""Options and adapters that were silently accepted, ignored or refused late: each is now one line, up front.
+
+Every bad input gives exit code 2 and one `error: ...` line naming the file (or option) and the problem.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+
+import pytest
+from safetensors.torch import load_file, save_file
+
+from memlora.adapters import load_checked_adapters
+from memlora.cli import app
+from memlora.errors import MemloraError
+from memlora.export.decoder import DecoderConfig
+from memlora.export.lora import load_adapter
+from memlora.runtime.torch_backend import TorchBackend
+from tests.test_reliability import a_store, assert_one_line_error, cli
+
+PREFIX = "base_model.model.model.layers"
+
+
+def edited_adapters(src, dst, config=None, drop=()):
+    """A copy of the adapters in `src` whose `extract` config gets `config` and loses the tensors `drop`."""
+    shutil.copytree(src, dst)
+    extract = dst / "extract"
+    if config:
+        cfg_file = extract / "adapter_config.json"
+        cfg_file.write_text(json.dumps({**json.loads(cfg_file.read_text()), **config}))
+    if drop:
+        weights = extract / "adapter_model.safetensors"
+        tensors = load_file(weights)
+        save_file({k: v for k, v in tensors.items() if k not in drop}, weights)
+    return dst
+
+
+# -- 1. a config whose r disagrees with its tensors ----------------------------------------------------------
+
+
+@pytest.fixture
+def wrong_r(tiny_adapters, tmp_path):
+    """Rank-4 tensors under a config that says r=2."""
+    return edited_adapters(tiny_adapters, tmp_path / "adapters", config={"r": 2})
+
+
+def test_a_config_r_that_disagrees_with_the_tensors_is_refused_by_both_checks(tiny_model, wrong_r):
+    message = r"extract/adapter_config\.json: r=2 disagrees with the tensor shapes in adapter_model\.safetensors"
+    with pytest.raises(MemloraError, match=message) as shared:
+        load_checked_adapters(wrong_r, tiny_model)
+    with pytest.raises(MemloraError, match=message) as export:
+        load_adapter(wrong_r / "extract", DecoderConfig.from_hf(tiny_model, 64))
+    assert "another base" not in str(shared.value) + str(export.value)
+
+
+def test_export_refuses_a_wrong_r_before_any_target_is_built(tiny_model, wrong_r, tmp_path):
+    out = tmp_path / "bundle"
+    code, stdout, stderr = cli("export", "--model", tiny_model, "--adapters", wrong_r, "--target", "onnx",
+                               "--out", out, home=tmp_path)
+    assert_one_line_error(code, stdout, stderr, "extract/adapter_config.json", "disagrees with the tensor shapes")
+    assert "onnx:" not in stdout and not out.exists()
+
+
+def test_export_checks_every_target_s_mode_and_quant_before_building_any(tiny_model, tiny_adapters, tmp_path):
+    """Core ML takes fp16, ONNX does not: the ONNX refusal must come before the Core ML conversion."""
+    out = tmp_path / "bundle"
+    code, stdout, stderr = cli("export", "--model", tiny_model, "--adapters", tiny_adapters, "--target", "coreml,onnx",
+                               "--quant", "fp16", "--out", out, home=tmp_path)
+    assert_one_line_error(code, stdout, stderr, "ONNX export: mode must be one of")
+    assert "coreml:" not in stdout and not out.exists()
+
+
+def test_export_checks_the_tokenizer_before_building_anything(tiny_model, tiny_adapters, tmp_path):
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model, model)
+    (model / "tokenizer.json").write_text("{not json")
+    code, stdout, stderr = cli("export", "--model", model, "--adapters", tiny_adapters, "--out", tmp_path / "b",
+                               home=tmp_path)
+    assert_one_line_error(code, stdout, stderr, f"{model}: cannot load tokenizer")
+    assert "onnx:" not in stdout
+
+
+# -- 2. an adapter missing a LoRA tensor -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("drop, missing", [
+    ((f"{PREFIX}.0.self_attn.q_proj.lora_A.weight",), f"{PREFIX}.0.self_attn.q_proj.lora_A.weight"),
+    ((f"{PREFIX}.1.mlp.down_proj.lora_B.weight",), f"{PREFIX}.1.mlp.down_proj.lora_B.weight"),
+    ((f"{PREFIX}.1.self_attn.v_proj.lora_A.weight", f"{PREFIX}.1.self_attn.v_proj.lora_B.weight"),
+     f"{PREFIX}.1.self_attn.v_proj.lora_A.weight"),
+])
+def test_an_adapter_missing_a_lora_tensor_is_refused_naming_it(tiny_model, tiny_adapters, tmp_path, drop, missing):
+    adapters = edited_adapters(tiny_adapters, tmp_path / "adapters", drop=drop)
+    message = rf"extract/adapter_model\.safetensors: tensor {re.escape(missing)} is missing"
+    with pytest.raises(MemloraError, match=message):
+        load_checked_adapters(adapters, tiny_model)
+    with pytest.raises(MemloraError, match=message):
+        TorchBackend(tiny_model, adapters)
+
+
+def test_ask_refuses_an_adapter_missing_a_lora_tensor(tiny_model, tiny_adapters, tmp_path):
+    adapters = edited_adapters(tiny_adapters, tmp_path / "adapters", drop=(f"{PREFIX}.0.mlp.up_proj.lora_A.weight",))
+    a_store(tmp_path / "s.sqlite")
+    code, stdout, stderr = cli("ask", "What?", "--store", tmp_path / "s.sqlite", "--model", tiny_model,
+                               "--adapters", adapters, home=tmp_path)
+    assert_one_line_error(code, stdout, stderr, "extract/adapter_model.safetensors",
+                          f"{PREFIX}.0.mlp.up_proj.lora_A.weight is missing")
