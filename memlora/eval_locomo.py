@@ -229,7 +229,7 @@ def main(
     sessions: Annotated[Optional[str], typer.Option("--sessions", help="sessions to ingest, e.g. 1-3 (questions are limited to them)")] = None,
     work: Annotated[Optional[Path], typer.Option("--work", help="stores and answers for resuming [default: <json>.work/]")] = None,
     update_examples: Annotated[int, typer.Option(min=0, help="teacher update prompts scored per conversation")] = 20,
-    threads: Annotated[Optional[int], typer.Option(min=1, help="CPU threads")] = None,
+    threads: Annotated[Optional[int], typer.Option(min=1, help="CPU threads of torch and of a bundle's runtime")] = None,
     backend: options.BackendName = "torch",
     bundle: options.Bundle = None,
     model: options.Model = None,
@@ -240,16 +240,12 @@ def main(
     from .distill.teacher import locomo_dir
     from .session import open_pipeline
 
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
     work = work or json_out.with_name(json_out.name + ".work")
     ids = [c.strip() for c in conversations.split(",") if c.strip()]
     work.mkdir(parents=True, exist_ok=True)
-    pipeline = open_pipeline(work / f"{ids[0]}.sqlite", backend, bundle, model, adapters, no_adapters)
+    pipeline = open_pipeline(work / f"{ids[0]}.sqlite", backend, bundle, model, adapters, no_adapters, threads=threads)
     report = evaluate(pipeline, locomo_dir(data), ids, sessions, work, update_examples)
-    report.update(backend=backend, adapters=not no_adapters and bool(pipeline.backend.adapters))
+    report.update(backend=pipeline.backend.name, adapters=not no_adapters and bool(pipeline.backend.adapters))
     tmp = json_out.with_name(json_out.name + ".tmp")
     tmp.write_text(json.dumps(report, indent=2))
     tmp.rename(json_out)

@@ -129,10 +129,13 @@ class CoreMLBackend:
         return logits if all_logits else logits[-1:]
 
 
-def from_bundle(bundle_dir: Path, engine: str | None = None) -> CoreMLBackend:
-    """Open the Core ML target of a bundle (checksums and schema verified) as a Backend."""
+def from_bundle(bundle_dir: Path, engine: str | None = None, threads: int | None = None) -> CoreMLBackend:
+    """Open the Core ML target of a bundle (checksums and schema verified) as a Backend. Neither engine takes
+    a thread count, so `threads` is refused rather than ignored."""
     from memlora.export.bundle import load_bundle
 
+    if threads:
+        raise MemloraError(f"--threads {threads}: the coreml backend has no thread setting")
     bundle = load_bundle(Path(bundle_dir))
     target = bundle.target("coreml")
     functions = {(None if k == "base" else k): v for k, v in target["functions"].items()}

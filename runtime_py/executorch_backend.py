@@ -106,9 +106,14 @@ def target_routes(root: Path, target: dict) -> tuple[dict, dict]:
     return routes, ({p: data[0] for p in programs.values()} if data else {})
 
 
-def from_bundle(bundle_dir: Path) -> ExecuTorchBackend:
-    """Open the ExecuTorch target of a bundle (checksums and schema verified) as a Backend."""
+def from_bundle(bundle_dir: Path, threads: int | None = None) -> ExecuTorchBackend:
+    """Open the ExecuTorch target of a bundle (checksums and schema verified) as a Backend; `threads` resizes
+    the runtime's process-wide threadpool (XNNPACK's kernels run on it)."""
     from memlora.export.bundle import load_bundle
 
+    if threads:
+        from executorch.extension.pybindings import portable_lib
+
+        portable_lib._unsafe_reset_threadpool(threads)
     bundle = load_bundle(Path(bundle_dir))
     return ExecuTorchBackend(*target_routes(bundle.path, bundle.target("executorch")))

@@ -168,8 +168,9 @@ def read_adapter(path: Path) -> dict:
         raise MemloraError(f"{path}: onnxruntime cannot read this LoRA adapter ({e})") from e
 
 
-def from_bundle(bundle_dir: Path, threads: int = THREADS, profile_prefix: str | None = None) -> OnnxBackend:
-    """Open the ONNX target of a bundle (checksums and schema verified) as a Backend."""
+def from_bundle(bundle_dir: Path, threads: int | None = None, profile_prefix: str | None = None) -> OnnxBackend:
+    """Open the ONNX target of a bundle (checksums and schema verified) as a Backend; `threads` intra-op
+    threads (default `THREADS`)."""
     from memlora.export.bundle import load_bundle
 
     bundle = load_bundle(Path(bundle_dir))
@@ -177,4 +178,4 @@ def from_bundle(bundle_dir: Path, threads: int = THREADS, profile_prefix: str | 
     root = bundle.path
     graphs = {(None if k == "base" else k): root / f for k, f in target["graphs"].items()}
     adapters = {k: root / f for k, f in target.get("adapter_files", {}).items()}
-    return OnnxBackend(graphs, adapters, threads, profile_prefix)
+    return OnnxBackend(graphs, adapters, threads or THREADS, profile_prefix)

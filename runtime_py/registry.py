@@ -17,14 +17,39 @@ BUNDLE_BACKENDS = {
 NAMES = ("torch", *BUNDLE_BACKENDS)
 
 
+def choose_backend(name: str | None, bundle: Path | None, model: Path | None, adapters: Path | None) -> str:
+    """The backend the common options name (`name` None: no `--backend` given), refusing an option it would
+    ignore: `--bundle` alone runs the bundle's only target; a bundle backend runs the bundle's own model and
+    adapters, so `--model`/`--adapters` beside it are an error rather than silently unused."""
+    if name is None:
+        if bundle is None:
+            return "torch"
+        from memlora.export.bundle import load_bundle
+
+        targets = list(load_bundle(Path(bundle), verify=False).manifest["targets"])
+        if len(targets) != 1:
+            raise MemloraError(f"{bundle}: the bundle has targets {', '.join(targets)}: pass --backend to choose one")
+        name = targets[0]
+    if name == "torch" and bundle is not None:
+        raise MemloraError(f"--bundle {bundle}: the torch backend runs --model and --adapters, not a bundle; "
+                           f"pass --backend {' | '.join(BUNDLE_BACKENDS)}")
+    for option, path in (("--model", model), ("--adapters", adapters)):
+        if name in BUNDLE_BACKENDS and path is not None:
+            raise MemloraError(f"{option} {path}: not used by the {name} backend: the bundle carries its own model "
+                               "and adapters")
+    return name
+
+
 def open_backend(
     name: str,
     bundle: Path | None = None,
     model: Path | None = None,
     adapters: Path | None = None,
     adapter_mode: str = "separable",
+    threads: int | None = None,
 ) -> tuple[Backend, Path]:
-    """Open backend `name`; returns it with the directory holding its tokenizer files."""
+    """Open backend `name`; returns it with the directory holding its tokenizer files. `threads` sizes a bundle
+    runtime's thread pool (torch's is process-wide: its caller sets it)."""
     if name == "torch":
         from .torch_backend import TorchBackend
 
@@ -36,5 +61,5 @@ def open_backend(
     if bundle is None:
         raise MemloraError(f"the {name} backend runs an exported bundle: pass --bundle DIR (see `memlora export`)")
     module = importlib.import_module(BUNDLE_BACKENDS[name])
-    backend = module.from_bundle(Path(bundle))
+    backend = module.from_bundle(Path(bundle), threads=threads)
     return backend, Path(bundle) / "tokenizer"

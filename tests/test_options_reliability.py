@@ -110,6 +110,56 @@ def test_ask_refuses_an_adapter_missing_a_lora_tensor(tiny_model, tiny_adapters,
                           f"{PREFIX}.0.mlp.up_proj.lora_A.weight is missing")
 
 
+# -- 3. options a bundle backend would ignore ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("verb", [
+    ["ask", "What?"],
+    ["ingest", "TURNS"],
+    ["eval", "locomo", "--data", "LOCOMO", "--json", "JSON"],
+])
+@pytest.mark.parametrize("option", ["--model", "--adapters"])
+def test_model_or_adapters_with_a_bundle_backend_is_refused(onnx_bundle, tiny_locomo, tmp_path, verb, option):
+    turns = tmp_path / "turns.jsonl"
+    turns.write_text(json.dumps({"speaker": "A", "text": "hi", "date": "8 May 2023"}) + "\n")
+    names = {"TURNS": turns, "LOCOMO": tiny_locomo, "JSON": tmp_path / "eval.json"}
+    a_store(tmp_path / "s.sqlite")
+    store = ["--store", tmp_path / "s.sqlite"] if verb[0] != "eval" else []
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    code, stdout, stderr = cli(*[names.get(a, a) for a in verb], *store, "--backend", "onnx", "--bundle", onnx_bundle,
+                               option, corrupt, home=tmp_path)
+    assert_one_line_error(code, stdout, stderr, f"{option} {corrupt}", "the bundle carries its own model and adapters")
+
+
+def test_bundle_without_backend_runs_the_bundle_s_only_target(onnx_bundle, tmp_path):
+    """No model is set up in this MEMLORA_HOME: an answer means the ONNX bundle ran, not the torch reference."""
+    a_store(tmp_path / "s.sqlite")
+    code, stdout, stderr = cli("ask", "What did Caroline do?", "--store", tmp_path / "s.sqlite", "--bundle", onnx_bundle,
+                               home=tmp_path)
+    assert code == 0, stdout + stderr
+    assert stdout.strip()
+
+
+def test_bundle_without_backend_and_several_targets_names_them(onnx_bundle, tmp_path):
+    from memlora.runtime.registry import choose_backend
+
+    bundle = tmp_path / "two"
+    bundle.mkdir()
+    manifest = json.loads((onnx_bundle / "manifest.json").read_text())
+    manifest["targets"]["coreml"] = manifest["targets"]["onnx"]
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(MemloraError, match=rf"{bundle}: the bundle has targets onnx, coreml: pass --backend"):
+        choose_backend(None, bundle, None, None)
+
+
+def test_torch_backend_with_a_bundle_is_refused(onnx_bundle, tmp_path):
+    a_store(tmp_path / "s.sqlite")
+    code, stdout, stderr = cli("ask", "What?", "--store", tmp_path / "s.sqlite", "--backend", "torch",
+                               "--bundle", onnx_bundle, home=tmp_path)
+    assert_one_line_error(code, stdout, stderr, f"--bundle {onnx_bundle}", "the torch backend")
+
+
 # -- 4, 5. help text -------------------------------------------------------------------------------------------
 
 
@@ -140,3 +190,30 @@ def test_setup_documents_force_and_wheel():
 
     shown = " ".join(CliRunner().invoke(app, ["setup", "--help"]).output.split())
     assert re.search(r"--force rebuild", shown) and re.search(r"--wheel <path> convert", shown), shown
+
+
+# -- 6. threads reach the bundle runtimes ----------------------------------------------------------------------
+
+
+def test_threads_reach_the_onnx_sessions(onnx_bundle, tmp_path):
+    from memlora.session import open_pipeline
+
+    a_store(tmp_path / "s.sqlite")
+    pipeline = open_pipeline(tmp_path / "s.sqlite", "onnx", onnx_bundle, threads=1)
+    assert {s.get_session_options().intra_op_num_threads for s, _ in pipeline.backend._runs.values()} == {1}
+
+
+def test_eval_passes_threads_to_the_pipeline(onnx_bundle, tiny_locomo, tmp_path, monkeypatch):
+    import memlora.session
+
+    seen = {}
+
+    def stop(*args, **kwargs):
+        seen.update(kwargs)
+        raise MemloraError("stopped")
+
+    monkeypatch.setattr(memlora.session, "open_pipeline", stop)
+    code, stdout, stderr = cli("eval", "locomo", "--data", tiny_locomo, "--json", tmp_path / "e.json", "--threads", "3",
+                               "--backend", "onnx", "--bundle", onnx_bundle, home=tmp_path)
+    assert_one_line_error(code, stdout, stderr, "stopped")
+    assert seen["threads"] == 3
