@@ -62,8 +62,13 @@ def export_bundle(
     from .lora import load_adapters
 
     unknown = [t for t in targets if t not in TARGETS]
-    if unknown:
-        raise MemloraError(f"unknown target {unknown[0]!r}; choose from {', '.join(TARGETS)}")
+    if unknown or not targets:
+        raise MemloraError(f"unknown target {(unknown or [''])[0]!r}; choose from {', '.join(TARGETS)}")
+    if block_size < 16 or block_size & (block_size - 1):
+        raise MemloraError(f"--block-size {block_size}: must be a power of two, at least 16 (MatMulNBits, "
+                           "torchao and Core ML all quantize in such blocks)")
+    if max_context <= 0:
+        raise MemloraError(f"--max-context {max_context}: must be a positive number of tokens")
     model_dir, adapters_dir = Path(model_dir), Path(adapters_dir)
     stage("check model and adapters")
     config = DecoderConfig.from_hf(model_dir, max_context)

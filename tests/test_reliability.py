@@ -376,3 +376,16 @@ def test_a_damaged_store_is_refused_on_open_not_mid_read(damage, tmp_path):
     (tmp_path / "s.sqlite").write_bytes(bytes(raw))
     code, so, se = cli("memories", "--store", tmp_path / "s.sqlite", home=tmp_path)
     assert_one_line_error(code, so, se, "s.sqlite", "malformed")
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--block-size", 0, "--block-size 0: must be a power of two"),
+    ("--block-size", 48, "--block-size 48: must be a power of two"),
+    ("--max-context", 0, "--max-context 0: must be a positive number"),
+    ("--target", ",", "unknown target ''"),
+])
+def test_export_settings_are_checked_before_any_work(option, value, message, tiny_model, tiny_adapters, tmp_path):
+    code, so, se = cli("export", "--model", tiny_model, "--adapters", tiny_adapters, "--quant", "int4",
+                       option, value, "--out", tmp_path / "b", home=tmp_path)
+    assert_one_line_error(code, so, se, message)
+    assert not (tmp_path / "b").exists()
