@@ -57,7 +57,7 @@ from memlora.errors import MemloraError
 
 from .bundle import TargetRequest
 from .decoder import Decoder, LoraSlots
-from .lora import Adapter, slot_tensors, unify_slots
+from .lora import Adapter, fill_slots, slot_tensors, unify_slots
 
 TARGET = "coreml"
 PACKAGE = "model.mlpackage"
@@ -108,7 +108,7 @@ def build_decoder(req: TargetRequest, adapter: Adapter | None, slots: LoraSlots 
         raise MemloraError(f"{req.model_dir}: max_context {decoder.config.max_context} is too small")
     if adapter is None:
         return decoder
-    decoder.set_lora(adapter)
+    fill_slots(decoder, adapter)
     if not merged:
         return decoder
     return decoder.merged()

@@ -15,7 +15,7 @@ API
     ``lora`` adds zero LoRA slots (``lora_a [in, rank]``, ``lora_b [rank, out]`` -- transposed from PEFT so
     ``(x @ A) @ B`` needs no transpose in an exported graph; scale folded into B) on the named
     projections (any subset of ``q_proj k_proj v_proj o_proj gate_proj up_proj down_proj``) of every layer.
-    Fill them with ``memlora.export.lora``: ``load_adapter`` + ``Decoder.set_lora(adapter)`` (or
+    Fill them with ``memlora.export.lora``: ``load_adapter`` + ``fill_slots(decoder, adapter)`` (or
     ``Decoder.clear_lora()``); ``Decoder.merge_lora()`` folds the active adapter into the base weights.
 
 Forward with the built-in static cache (torch.export / ExecuTorch / Core ML)::
@@ -376,12 +376,6 @@ class Decoder(nn.Module):
     def lora_modules(self) -> dict[str, LoraLinear]:
         """Projections with a LoRA slot, by PEFT-style module path (``layers.3.self_attn.q_proj``)."""
         return {n: m for n, m in self.named_modules() if isinstance(m, LoraLinear) and m.rank}
-
-    def set_lora(self, adapter) -> None:
-        """Fill the LoRA slots with `adapter` (a `memlora.export.lora.Adapter`), zero where it has none."""
-        from .lora import fill_slots
-
-        fill_slots(self, adapter)
 
     def clear_lora(self) -> None:
         with torch.no_grad():

@@ -50,7 +50,7 @@ from memlora.errors import MemloraError
 from . import executorch_quant
 from .bundle import TargetRequest
 from .decoder import Decoder, DecoderConfig, LoraLinear, RMSNorm
-from .lora import Adapter, unify_slots
+from .lora import Adapter, fill_slots, unify_slots
 
 TARGET = "executorch"
 MODES = ("merged", "separable")
@@ -151,7 +151,7 @@ def build_module(model_dir: Path, max_context: int, adapter: Adapter | None, slo
     """The decoder for one method: with `adapter` in its LoRA slots (or folded in when `merge`), quantized."""
     decoder = Decoder.from_pretrained(model_dir, max_context, slots if adapter is not None else None)
     if adapter is not None:
-        decoder.set_lora(adapter)
+        fill_slots(decoder, adapter)
         if merge:
             decoder = decoder.merged()
         for m in decoder.lora_modules().values():

@@ -12,7 +12,7 @@ API::
     adapters = load_adapters(adapters_dir, config)     # {name: Adapter}, one per subdirectory
     adapter = load_adapter(path, config, name)          # checked against the base: names and shapes
     slots = unify_slots(adapters.values())              # LoraSlots(targets, rank) for one shared graph
-    decoder = Decoder.from_pretrained(model_dir, lora=slots); decoder.set_lora(adapter)
+    decoder = Decoder.from_pretrained(model_dir, lora=slots); fill_slots(decoder, adapter)
 """
 
 from __future__ import annotations

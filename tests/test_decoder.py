@@ -9,7 +9,7 @@ import torch
 
 from memlora.errors import MemloraError
 from memlora.export.decoder import Decoder, DecoderConfig, LoraSlots
-from memlora.export.lora import load_adapter, load_adapters, unify_slots
+from memlora.export.lora import fill_slots, load_adapter, load_adapters, unify_slots
 from tests import tiny
 
 TOL = 1e-4
@@ -62,7 +62,7 @@ def test_each_adapter_matches_peft(tiny_model, tiny_adapters):
     assert list(adapters) == ["extract", "mem_update", "answer"]
     dec = Decoder.from_pretrained(tiny_model, 64, unify_slots(adapters.values()))
     for name, adapter in adapters.items():
-        dec.set_lora(adapter)
+        fill_slots(dec, adapter)
         ref = hf_logits(tiny_model, tiny_adapters / name)
         assert (ours(dec) - ref).abs().max() <= TOL, name
         dec.merge_lora()
@@ -86,7 +86,7 @@ def test_mixed_rank_alpha_subset_targets_share_one_slot_layout(tiny_qwen, tmp_pa
     assert slots == LoraSlots(("q_proj", "v_proj", "o_proj", "down_proj"), 6)
     dec = Decoder.from_pretrained(tiny_qwen, 64, slots)
     for adapter, path in zip(loaded, (a, b)):
-        dec.set_lora(adapter)
+        fill_slots(dec, adapter)
         assert (ours(dec) - hf_logits(tiny_qwen, path)).abs().max() <= TOL
 
 
@@ -139,7 +139,7 @@ def test_fused_projections_compute_the_same(tiny_qwen, tmp_path):
     dec = Decoder.from_pretrained(tiny_qwen, 64, LoraSlots(("q_proj", "k_proj", "up_proj", "o_proj"), 4))
     dec.fuse_projections()
     assert {n.rsplit(".", 1)[1] for n in dec.lora_modules()} == {"qkv_proj", "gate_up_proj", "o_proj"}
-    dec.set_lora(adapter)
+    fill_slots(dec, adapter)
     assert (ours(dec) - hf_logits(tiny_qwen, adapter_dir)).abs().max() <= TOL
 
 
@@ -156,6 +156,6 @@ def test_default_model_with_adapter_matches_peft(tmp_path):
     save_file({k: v * 0.2 for k, v in load_file(weights).items()}, weights)
     adapter = load_adapter(path, DecoderConfig.from_hf(model_dir, 128))
     dec = Decoder.from_pretrained(model_dir, 128, unify_slots([adapter]))
-    dec.set_lora(adapter)
+    fill_slots(dec, adapter)
     tokens = list(range(100, 164))
     assert (ours(dec, tokens, (40, 1, 1, 22)) - hf_logits(model_dir, path, tokens)).abs().max() <= TOL

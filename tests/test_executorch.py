@@ -15,7 +15,7 @@ from memlora.export import executorch_export as ee
 from memlora.export.bundle import TargetRequest, load_bundle
 from memlora.export.decoder import Decoder, DecoderConfig
 from memlora.export.executorch_quant import check_quant
-from memlora.export.lora import load_adapters, unify_slots
+from memlora.export.lora import fill_slots, load_adapters, unify_slots
 from memlora.generate import GenerationConfig, generate
 from memlora.runtime.executorch_backend import BASE_METHOD, ExecuTorchBackend, from_bundle, target_routes
 from memlora.trace import read_traces
@@ -81,7 +81,7 @@ def test_fp32_matches_decoder_and_shares_foundation(et_bundle, tiny_model, adapt
         a = adapters.get(name)
         dec = Decoder.from_pretrained(tiny_model, CTX, unify_slots([a]) if a else None)
         if a:
-            dec.set_lora(a)
+            fill_slots(dec, a)
         with torch.no_grad():
             ref = dec(torch.tensor([PROMPT]), torch.arange(len(PROMPT)))[0].numpy()
         got = backend.forward(PROMPT, 0, name, all_logits=True)

@@ -13,7 +13,7 @@ from transformers import AutoTokenizer
 from memlora.export import onnx_export
 from memlora.export.bundle import TargetRequest, load_bundle
 from memlora.export.decoder import Decoder, DecoderConfig
-from memlora.export.lora import load_adapters, unify_slots
+from memlora.export.lora import fill_slots, load_adapters, unify_slots
 from memlora.generate import GenerationConfig, generate
 from memlora.runtime.onnx_backend import OnnxBackend, from_bundle
 from memlora.trace import read_traces
@@ -64,7 +64,7 @@ def open_backend(exported, mode, quant) -> OnnxBackend:
 def reference(tiny_model, adapter) -> np.ndarray:
     dec = Decoder.from_pretrained(tiny_model, CTX, unify_slots([adapter]) if adapter else None)
     if adapter:
-        dec.set_lora(adapter)
+        fill_slots(dec, adapter)
     with torch.no_grad():
         return dec(torch.tensor([PROMPT]), torch.arange(len(PROMPT)))[0].numpy()
 

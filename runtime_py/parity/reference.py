@@ -18,7 +18,7 @@ from torch import nn
 
 from memlora.errors import MemloraError
 from memlora.export.decoder import Decoder, LoraLinear
-from memlora.export.lora import Adapter, unify_slots
+from memlora.export.lora import Adapter, fill_slots, unify_slots
 
 
 def fp32_reference(model_dir: Path, adapters_dir: Path):
@@ -120,7 +120,7 @@ class DecoderReference:
             return
         if adapter is not None and adapter not in self._adapters:
             raise MemloraError(f"adapter {adapter!r} is not loaded in the decoder reference")
-        self.decoder.set_lora(self._adapters[adapter]) if adapter else self.decoder.clear_lora()
+        fill_slots(self.decoder, self._adapters[adapter]) if adapter else self.decoder.clear_lora()
         self._active = adapter
 
     @torch.inference_mode()
