@@ -170,11 +170,8 @@ def open_job_backend(job: Job):
                             dtype=getattr(torch, job.dtype))
     from memlora.runtime.registry import open_backend
 
-    if job.backend == "executorch":  # its threadpool sizes itself from cpuinfo, which can disagree
-        from executorch.extension.pybindings import portable_lib
-
-        portable_lib._unsafe_reset_threadpool(threads)
-    return open_backend(job.backend, bundle=Path(job.bundle))[0]
+    pinned = None if job.backend == "coreml" else threads  # Core ML's engines have no thread setting
+    return open_backend(job.backend, bundle=Path(job.bundle), threads=pinned)[0]
 
 
 def run_job(job: Job) -> dict:
