@@ -17,8 +17,11 @@ from pathlib import Path
 from typing import Iterator
 
 from .errors import MemloraError
+from .paths import SCHEMAS
 
 SCHEMA = "memlora-trace/1"
+SCHEMA_PATH = SCHEMAS / "trace.schema.json"
+FLOAT32_MAX = 3.4028234663852886e38
 
 
 @dataclass
@@ -55,20 +58,60 @@ class TraceWriter:
         self._fh.close()
 
 
-def read_traces(path: Path) -> Iterator[TraceRecord]:
-    """Yield the records of a trace file; a bad line is an error naming the file and line."""
+def read_traces(path: Path, vocab_size: int | None = None) -> Iterator[TraceRecord]:
+    """Yield the records of a trace file (see `read_numbered`)."""
+    return (rec for _, rec in read_numbered(path, vocab_size))
+
+
+def read_numbered(path: Path, vocab_size: int | None = None) -> Iterator[tuple[int, TraceRecord]]:
+    """Yield ``(line, record)`` for each record of a trace file, checked against the schema and for what the
+    schema cannot say (ids inside a `vocab_size` vocabulary, one logit per top-k id, one top-k entry per
+    decode step), so a bad record is an error naming the file and line before anything replays it."""
+    import jsonschema
+
     path = Path(path)
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise MemloraError(f"{path}: cannot read trace file ({e.strerror})") from e
-    for n, line in enumerate(lines, 1):
+    except UnicodeDecodeError as e:
+        raise MemloraError(f"{path}: not a trace file (not UTF-8 text at byte {e.start})") from e
+    validator = jsonschema.Draft202012Validator(json.loads(SCHEMA_PATH.read_text()))
+    for n, line in enumerate(text.split("\n"), 1):  # JSONL: "\n" ends a line; U+2028 inside a string does not
         if not line.strip():
             continue
         try:
             obj = json.loads(line)
-            if obj.get("schema") != SCHEMA:
-                raise ValueError(f"schema is {obj.get('schema')!r}, expected {SCHEMA!r}")
-            yield TraceRecord(**obj)
-        except (ValueError, TypeError) as e:
-            raise MemloraError(f"{path}:{n}: not a valid trace record ({e})") from e
+        except (ValueError, RecursionError) as e:
+            raise MemloraError(f"{path}:{n}: not JSON ({e})") from e
+        error = jsonschema.exceptions.best_match(validator.iter_errors(obj))
+        if error is not None:
+            where = "/".join(str(p) for p in error.absolute_path) or "(record)"
+            raise MemloraError(f"{path}:{n}: trace record does not match {SCHEMA_PATH.name} at {where}: {error.message}")
+        problem = _inconsistency(obj, vocab_size)
+        if problem:
+            raise MemloraError(f"{path}:{n}: {problem}")
+        yield n, TraceRecord(**obj)
+
+
+def _inconsistency(rec: dict, vocab_size: int | None) -> str | None:
+    """What a schema-valid record can still get wrong and a replay would crash on, or None."""
+    topk = rec["topk"]
+    lists = [("prompt_ids", rec["prompt_ids"]), ("output_ids", rec["output_ids"]),
+             *((f"topk/{i}/ids", step["ids"]) for i, step in enumerate(topk))]
+    for name, ids in lists:
+        for t in ids:
+            if not isinstance(t, int):  # the schema's "integer" admits 3.0
+                return f"{name} has {t!r}, not an integer token id"
+            if vocab_size is not None and t >= vocab_size:
+                return f"{name} has id {t}, past the model's vocabulary of {vocab_size}"
+    for i, step in enumerate(topk):
+        if len(step["ids"]) != len(step["logits"]):
+            return f"topk/{i} has {len(step['ids'])} ids and {len(step['logits'])} logits"
+        if not all(abs(x) <= FLOAT32_MAX for x in step["logits"]):
+            return f"topk/{i}/logits holds a value that is not a finite float32 logit"
+    steps = len(rec["output_ids"]) + (rec["stop_reason"] == "eos")
+    if topk and len(topk) != steps:
+        return (f"topk has {len(topk)} entries for {steps} decode steps ({len(rec['output_ids'])} output_ids, "
+                f"stop_reason {rec['stop_reason']})")
+    return None

@@ -19,7 +19,7 @@ from memlora.prompts import Memory
 from memlora.runtime.parity import prompts as golden_set
 from memlora.runtime.parity.run import run_parity
 from memlora.runtime.parity.targets import Target
-from memlora.runtime.parity.thresholds import check, load_thresholds
+from memlora.runtime.parity.thresholds import METRICS, check, load_thresholds, lookup
 from memlora.trace import TraceRecord
 from tests import script
 
@@ -92,6 +92,8 @@ def test_fp32_onnx_bundle_passes_every_level(good_report):
     assert t["task"]["equal_rate"] == 1.0 and t["task"]["answer_f1"] == 1.0
     assert report["traces"]["onnx"]["passed"] and report["traces"]["onnx"]["token"]["greedy_exact_rate"] == 1.0
     assert {p["op"] for p in report["golden"]["prompts"]} == {"extract", "mem_update", "answer"}
+    for metric in METRICS:  # every metric a limit can name is a field of a real report
+        assert lookup(t, metric)[1] is not None, metric
     assert html.count("data:image/png;base64,") >= 2 and "PASSED" in html
 
 
@@ -123,7 +125,7 @@ def test_tampered_device_trace_fails(good_report, onnx_bundle, tiny_model, taugh
 def test_trace_records_match_the_schema():
     import jsonschema
 
-    from memlora.runtime.parity.traces import SCHEMA_PATH
+    from memlora.trace import SCHEMA_PATH
 
     rec = TraceRecord("onnx", "answer", "answer", [1, 2], [3], "eos", [{"ids": [3, 4], "logits": [1.0, 0.5]}] * 2, "x")
     jsonschema.validate(json.loads(rec.to_json()), json.loads(SCHEMA_PATH.read_text()))

@@ -9,7 +9,10 @@ from typing import Annotated, Optional
 import typer
 
 from memlora.errors import MemloraError
-from memlora.options import Adapters, Bundle, Model
+from memlora.options import Adapters, Model
+
+# parity has no --backend: the shared --bundle help ("non-torch backends") would describe another verb
+Bundle = Annotated[Optional[Path], typer.Option("--bundle", help="the bundle to check (a directory written by `memlora export`; required)")]
 
 
 def main(

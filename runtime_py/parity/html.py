@@ -105,7 +105,7 @@ def render(report: dict) -> str:
     layers = "".join(_layer_plot(n, t["localisation"]) for n, t in report["targets"].items()
                      if t["localisation"] and t["localisation"].get("relative_errors"))
     traces = "".join(f"<tr><td>{e(n)}</td><td>{t['records']}</td><td>{_cell(t['token']['top1_agreement'])}</td>"
-                     f"<td>{_cell(t['token']['greedy_exact_rate'])}</td><td>{_cell(t['tensor']['max_abs'])}</td>"
+                     f"<td>{_cell(t['token']['greedy_exact_rate'])}</td><td>{_cell((t['tensor'] or {}).get('max_abs'))}</td>"
                      f"<td>{'PASS' if t['passed'] else 'FAIL'}</td></tr>" for n, t in report["traces"].items())
     verdict = "PASSED" if report["passed"] else "FAILED"
     plots = (_position_plot(report) + _op_plot(report)) if report["targets"] else ""

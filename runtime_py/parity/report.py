@@ -40,7 +40,7 @@ def table(report: dict) -> str:
             f"{_fmt(t['gap']['quantization']['kl'], '.1e'):>10}{_fmt(t['gap']['conversion']['kl'], '.1e'):>10}"
             f"  {t['first_divergent_layer'] or '-':<14}{'PASS' if t['passed'] else 'FAIL'}")
     for name, t in report["traces"].items():
-        lines.append(f"{'trace:' + name:<12}{t['precision']:<6}{_fmt(t['tensor']['max_abs'], '.2e'):>9}"
+        lines.append(f"{'trace:' + name:<12}{t['precision']:<6}{_fmt((t['tensor'] or {}).get('max_abs'), '.2e'):>9}"
                      f"{_fmt(t['token']['top1_agreement'], '.1%'):>8}{_fmt(t['token']['greedy_exact_rate'], '.0%'):>8}"
                      f"{'':>7}{'':>7}{'':>10}{'':>10}  {'-':<14}{'PASS' if t['passed'] else 'FAIL'}")
     for name, t in [*report["targets"].items(), *(("trace:" + k, v) for k, v in report["traces"].items())]:

@@ -23,7 +23,7 @@ from .localise import localise
 from .reference import DecoderReference, fp32_reference
 from .targets import Target, open_target
 from .task import compare_task, run_task
-from .thresholds import Thresholds, check, load_thresholds
+from .thresholds import METRICS, TRACE_METRICS, Thresholds, check, load_thresholds
 from .traces import check_traces, validate_file
 
 REPORT_SCHEMA = "memlora-parity-report/1"
@@ -56,8 +56,24 @@ def _shorten(c: golden_set.Conversation) -> golden_set.Conversation:
     return replace(c, exchanges=c.exchanges[:1], questions=c.questions[:1])
 
 
-def judge(metrics: dict, thresholds: Thresholds, name: str, precision: str) -> list[str]:
-    return check(metrics, thresholds.limits(name, precision))
+def judge(metrics: dict, thresholds: Thresholds, name: str, precision: str,
+          measures: frozenset[str] = METRICS) -> list[str]:
+    return check(metrics, thresholds.limits(name, precision), measures)
+
+
+def unchecked(entry: dict, target: Target, reference_adapters: tuple[str, ...], golden: int) -> list[str]:
+    """The levels asked of `target` that checked nothing, as failures: a target compared on nothing has not
+    passed (a bundle exported without adapters is skipped on every prompt the reference runs with one)."""
+    failures = []
+    if reference_adapters and not target.backend.adapters:
+        failures.append(f"adapters: the target has none to check against the reference's "
+                        f"{', '.join(sorted(reference_adapters))}: nothing to check")
+    if len(entry["skipped_prompts"]) == golden:
+        why = "the target lacks their adapters" if golden else "none fits the context"
+        failures.append(f"golden: no golden prompt was compared ({why}): nothing to check")
+    if isinstance(entry["task"], dict) and "skipped" in entry["task"]:
+        failures.append(f"task: not run ({entry['task']['skipped']}): nothing to check")
+    return failures
 
 
 def run_parity(
@@ -77,17 +93,18 @@ def run_parity(
     from memlora.session import load_tokenizer
 
     thresholds = thresholds or load_thresholds()
-    if trace is not None:
-        validate_file(Path(trace))  # a malformed device trace is reported before any model is loaded
     bundle = load_bundle(Path(bundle_dir))
+    names = list(bundle.manifest["targets"]) if target_names is None else target_names
+    if not names and not extra_targets and trace is None:
+        empty = "the bundle has no targets" if target_names is None else "--targets is empty"
+        raise MemloraError(f"{bundle.path}: nothing to check ({empty} and there is no --trace)")
+    # a malformed or empty device trace is reported before any model is loaded
+    records = None if trace is None else validate_file(Path(trace), bundle.manifest["model"]["vocab_size"])
     golden_set.check_templates(bundle.manifest)
     progress("check reference model and adapters")
     config, adapters = check_sources(bundle, Path(model_dir), Path(adapters_dir))
-    names = list(bundle.manifest["targets"]) if target_names is None else target_names
     progress(f"open targets: {', '.join(names + [t.name for t in extra_targets]) or 'none'}")
     targets = [open_target(bundle, n) for n in names] + list(extra_targets)
-    if not targets and trace is None:
-        raise MemloraError(f"{bundle.path}: nothing to check (no targets and no --trace)")
     tokenizer = load_tokenizer(bundle.path / "tokenizer")
     progress("load fp32 reference (transformers+peft)")
     reference = fp32_reference(Path(model_dir), Path(adapters_dir))
@@ -143,16 +160,16 @@ def run_parity(
                                              thresholds.layer_tolerance(t.precision))
             entry["localisation"]["prompt"] = worst.label
             entry["first_divergent_layer"] = entry["localisation"]["layer"]
-        entry["failures"] = failures
-        entry["passed"] = not failures
+        entry["failures"] = failures + unchecked(entry, t, reference.adapters, len(golden))
+        entry["passed"] = not entry["failures"]
         report_targets[t.name] = entry
 
     report_traces = {}
-    if trace is not None:
+    if records is not None:
         progress(f"replay device traces {trace}")
-        for backend, result in check_traces(Path(trace), reference).items():
+        for backend, result in check_traces(Path(trace), records, reference).items():
             precision = bundle.manifest["targets"].get(backend, {}).get("quantization", {}).get("scheme", "fp32")
-            failures = judge(result, thresholds, backend, precision)
+            failures = judge(result, thresholds, backend, precision, TRACE_METRICS)
             report_traces[backend] = {**result, "precision": precision, "failures": failures, "passed": not failures}
 
     return {

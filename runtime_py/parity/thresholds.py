@@ -6,6 +6,9 @@ A limit names a metric as ``level.metric`` (``token.top1_agreement``, ``tensor.m
 ``targets`` entries (``{"onnx": {"token.top1_agreement": {"min": 0.98}}}``) are merged over the limits of
 that target's precision. ``localise`` holds, per precision, the relative hidden-state error (vs the
 quantized reference) above which a layer counts as diverged.
+
+Every limit must name a metric the report has (`METRICS`): a misspelt or renamed metric is an error, never a
+limit that silently checks nothing. A metric that was asked for but came out null is a failure.
 """
 
 from __future__ import annotations
@@ -14,10 +17,26 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from memlora import OPERATIONS
 from memlora.errors import MemloraError
 
 DEFAULTS = Path(__file__).with_name("thresholds.json")
 SCHEMA = "memlora-parity-thresholds/1"
+
+_TENSOR = ("max_abs", "mean_abs", "cosine", "kl", "sqnr_db")
+_GAP = ("max_abs", "mean_abs", "kl", "sqnr_db", "top1_agreement")
+METRICS = frozenset([
+    *(f"tensor.{m}" for m in _TENSOR),
+    *(f"tensor_by_phase.{phase}.{m}" for phase in ("prefill", "decode") for m in _TENSOR),
+    "token.top1_agreement", "token.top5_overlap", "token.greedy_exact_rate",
+    *(f"token.top1_by_op.{op}" for op in OPERATIONS),
+    "task.equal_rate", "task.answer_exact", "task.answer_f1", *(f"task.equal_by_op.{op}" for op in OPERATIONS),
+    *(f"gap.{part}.{m}" for part in ("quantization", "conversion") for m in _GAP),
+    "size_bytes", "speed.prefill_tok_s", "speed.decode_tok_s",
+])
+"""Every numeric field of a target's report that a limit can name (docs/parity.md, JSON report)."""
+TRACE_METRICS = frozenset(["token.top1_agreement", "token.top5_overlap", "token.greedy_exact_rate", "tensor.max_abs"])
+"""The part of `METRICS` a device trace's replay measures; other limits of its precision do not apply to it."""
 
 
 @dataclass(frozen=True)
@@ -55,9 +74,15 @@ def _read(path: Path) -> dict:
     for section in ("precisions", "targets"):
         for name, limits in data.get(section, {}).items():
             for metric, bound in limits.items():
+                if metric not in METRICS:
+                    raise MemloraError(f"{path}: {section}.{name}.{metric}: {_unknown(metric)}")
                 if not isinstance(bound, dict) or not set(bound) <= {"min", "max"} or not bound:
                     raise MemloraError(f"{path}: {section}.{name}.{metric} must be {{'min': x}} and/or {{'max': y}}")
     return data
+
+
+def _unknown(metric: str) -> str:
+    return f"no metric {metric!r} in a parity report (see docs/parity.md for the metrics a limit can name)"
 
 
 def load_thresholds(path: Path | None = None) -> Thresholds:
@@ -72,22 +97,43 @@ def load_thresholds(path: Path | None = None) -> Thresholds:
     return Thresholds(data["precisions"], data["localise"], data["targets"])
 
 
-def lookup(metrics: dict, dotted: str):
-    """``metrics["token"]["top1_agreement"]`` for ``"token.top1_agreement"``; None when not measured."""
-    value = metrics
-    for part in dotted.split("."):
+def lookup(metrics: dict, metric: str) -> tuple[bool, object]:
+    """``(asked, value)`` of a dotted metric: ``asked`` is False when its level was not run (the level is null:
+    ``run_parity(..., task=False)``, a trace without top-k logits); ``value`` is None when the level was
+    skipped (``{"skipped": reason}``) or the metric came out null. A field the report lacks is an error:
+    a renamed report key must not turn its limits into no-ops."""
+    level, *rest = metric.split(".")
+    if level not in metrics:
+        raise MemloraError(f"threshold {metric}: the report has no {level!r} level")
+    value = metrics[level]
+    if rest and value is None:
+        return False, None
+    for part in rest:
+        # a skipped level holds only its reason; a per-operation map leaves out an operation with no prompt
+        if isinstance(value, dict) and part not in value and ("skipped" in value or part in OPERATIONS):
+            return True, None
         if not isinstance(value, dict) or part not in value:
-            return None
+            raise MemloraError(f"threshold {metric}: the report's {level} level has no {part!r}")
         value = value[part]
-    return value
+    return True, value
 
 
-def check(metrics: dict, limits: dict[str, dict[str, float]]) -> list[str]:
-    """The limits `metrics` break, as readable lines; a metric that was not measured is skipped."""
+def check(metrics: dict, limits: dict[str, dict[str, float]], measures: frozenset[str] = METRICS) -> list[str]:
+    """The limits `metrics` break, as readable lines; a limit on a metric that was asked for and not measured
+    is broken too. `measures` is what this kind of report measures (`TRACE_METRICS` for a device trace)."""
     failures = []
     for metric, bound in limits.items():
-        value = lookup(metrics, metric)
+        if metric not in METRICS:
+            raise MemloraError(f"threshold {metric}: {_unknown(metric)}")
+        if metric not in measures:
+            continue
+        asked, value = lookup(metrics, metric)
+        if not asked:
+            continue
         if value is None:
+            level = metrics[metric.split(".")[0]]
+            reason = level.get("skipped") if isinstance(level, dict) else None
+            failures.append(f"{metric} was not measured" + (f" ({reason})" if reason else ""))
             continue
         if "min" in bound and value < bound["min"]:
             failures.append(f"{metric} = {value:.6g} < {bound['min']:g}")

@@ -7,43 +7,31 @@ ids must match the recorded values.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
 from memlora.backend import Backend
 from memlora.errors import MemloraError
-from memlora.paths import SCHEMAS
-from memlora.trace import read_traces
+from memlora.trace import TraceRecord, read_numbered
 
 from .token import TOP_K
 
-SCHEMA_PATH = SCHEMAS / "trace.schema.json"
+
+def validate_file(path: Path, vocab_size: int) -> list[tuple[int, TraceRecord]]:
+    """Every record of a trace file with its line, checked against the schema and the model's vocabulary
+    before any model loads; a trace without records is an error too (replaying it would check nothing)."""
+    records = list(read_numbered(path, vocab_size))
+    if not records:
+        raise MemloraError(f"{path}: no trace records: nothing to check")
+    return records
 
 
-def validate_file(path: Path) -> None:
-    """Every line against the JSON Schema; the first bad line is an error naming file, line and field."""
-    import jsonschema
-
-    schema = json.loads(SCHEMA_PATH.read_text())
-    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            jsonschema.validate(json.loads(line), schema)
-        except ValueError as e:
-            raise MemloraError(f"{path}:{n}: not JSON ({e})") from e
-        except jsonschema.ValidationError as e:
-            where = "/".join(str(p) for p in e.absolute_path) or "(record)"
-            raise MemloraError(f"{path}:{n}: trace record does not match {SCHEMA_PATH.name} at {where}: {e.message}") from e
-
-
-def check_traces(path: Path, reference: Backend) -> dict[str, dict]:
-    """Per backend named in the trace file: token agreement and top-k logit error against the reference."""
-    validate_file(path)
+def check_traces(path: Path, records: list[tuple[int, TraceRecord]], reference: Backend) -> dict[str, dict]:
+    """Per backend named in the numbered records of trace file `path` (`validate_file`): token agreement and
+    top-k logit error against the reference."""
     groups: dict[str, dict] = {}
-    for n, rec in enumerate(read_traces(path), 1):
+    for n, rec in records:
         if rec.adapter is not None and rec.adapter not in reference.adapters:
             raise MemloraError(f"{path}:{n}: adapter {rec.adapter!r} is not one of the reference's {reference.adapters}")
         if len(rec.prompt_ids) + len(rec.output_ids) > reference.max_context:
@@ -77,7 +65,7 @@ def check_traces(path: Path, reference: Backend) -> dict[str, dict]:
                       "top5_overlap": float(np.mean(g["overlap"])) if g["overlap"] else None,
                       "greedy_exact_rate": float(np.mean([r["exact"] for r in g["records"]])),
                       "first_divergence": None if not firsts else {"position": min(firsts)[0], "line": min(firsts)[1]}},
-            "tensor": {"max_abs": g["max_abs"] if g["overlap"] else None},
+            "tensor": {"max_abs": g["max_abs"]} if g["overlap"] else None,  # null: no top-k logits recorded
             "details": g["records"],
         }
     return out
