@@ -195,11 +195,11 @@ def _et_weight_only(tiny_model, taught_adapters, out, ctx: int):
     from torchao.quantization.granularity import PerAxis
 
     from memlora.export.decoder import Decoder, DecoderConfig, LoraLinear
-    from memlora.export.lora import load_adapters, unify_slots
+    from memlora.export.lora import fill_slots, load_adapters, unify_slots
 
     adapters = load_adapters(taught_adapters, DecoderConfig.from_hf(tiny_model, ctx))
     decoder = Decoder.from_pretrained(tiny_model, ctx, unify_slots(adapters.values()))
-    decoder.set_lora(adapters["extract"])
+    fill_slots(decoder, adapters["extract"])
     quantize_(decoder, IntxWeightOnlyConfig(weight_dtype=torch.int8, granularity=PerAxis(0)),
               filter_fn=lambda m, fqn: isinstance(m, LoraLinear))
 
