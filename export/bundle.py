@@ -101,11 +101,10 @@ def validate_manifest(manifest: dict, source: Path) -> None:
 
 def recognise_bundle(path: Path) -> str | None:
     """None when `path` is a bundle memlora wrote: a schema-valid manifest and no file it does not list."""
+    if not (path / MANIFEST).is_file():
+        return f"no {MANIFEST}"
     try:
-        manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
-        validate_manifest(manifest, path / MANIFEST)
-    except (OSError, ValueError):
-        return f"no readable {MANIFEST}"
+        manifest = read_manifest(path)
     except MemloraError:
         return f"its {MANIFEST} is not a bundle manifest"
     return only_files(path, {MANIFEST, *manifest["files"]})
@@ -160,24 +159,39 @@ class Bundle:
         return self.path / self.manifest["golden"]["file"]
 
 
+def read_manifest(path: Path) -> dict:
+    """The schema-valid manifest of the bundle at `path`; any problem is one error naming the file."""
+    manifest_path = Path(path) / MANIFEST
+    try:
+        manifest = json.loads(manifest_path.read_bytes().decode("utf-8"))
+    except OSError as e:
+        raise MemloraError(f"{manifest_path}: cannot read bundle manifest ({e.strerror})") from e
+    except RecursionError as e:
+        raise MemloraError(f"{manifest_path}: not valid JSON (nested too deeply)") from e
+    except ValueError as e:  # UnicodeDecodeError included
+        raise MemloraError(f"{manifest_path}: not valid JSON ({e})") from e
+    validate_manifest(manifest, manifest_path)
+    bad = next((rel for rel in manifest["files"] if Path(rel).is_absolute() or ".." in Path(rel).parts), None)
+    if bad is not None:
+        raise MemloraError(f"{manifest_path}: lists {bad!r}, which is outside the bundle")
+    return manifest
+
+
 def load_bundle(path: Path, verify: bool = True) -> Bundle:
     """Read and check a bundle: manifest schema, every listed file present with its sha256, nothing extra."""
     path = Path(path)
-    manifest_path = path / MANIFEST
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except OSError as e:
-        raise MemloraError(f"{manifest_path}: cannot read bundle manifest ({e.strerror})") from e
-    except ValueError as e:
-        raise MemloraError(f"{manifest_path}: not valid JSON ({e})") from e
-    validate_manifest(manifest, manifest_path)
+    manifest = read_manifest(path)
     if verify:
         listed = manifest["files"]
         for rel, expected in listed.items():
             f = path / rel
-            if not f.is_file():
+            try:
+                present = f.is_file()
+                actual = sha256_file(f) if present else None
+            except OSError as e:
+                raise MemloraError(f"{f}: cannot read a file the manifest lists ({e.strerror})") from e
+            if not present:
                 raise MemloraError(f"{f}: listed in the manifest but missing from the bundle")
-            actual = sha256_file(f)
             if actual != expected:
                 raise MemloraError(
                     f"{f}: sha256 mismatch (manifest {expected[:12]}..., file {actual[:12]}...): "

@@ -115,6 +115,6 @@ def test_refuses_to_overwrite_a_directory_that_is_not_a_bundle(tiny_model, tiny_
     out = tmp_path / "mine"
     out.mkdir()
     (out / "keep.txt").write_text("precious")
-    with pytest.raises(MemloraError, match=r"not a bundle \(no readable manifest.json\); refusing to overwrite"):
+    with pytest.raises(MemloraError, match=r"not a bundle \(no manifest.json\); refusing to overwrite"):
         export_bundle(tiny_model, tiny_adapters, ["onnx"], "separable", "fp32", 32, out, 64)
     assert (out / "keep.txt").read_text() == "precious"
