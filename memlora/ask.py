@@ -14,7 +14,7 @@ def main(
     question: Annotated[str, typer.Argument(help="the question to answer from memory")],
     show_memories: Annotated[bool, typer.Option("--show-memories", help="print the memories used")] = False,
     store: options.Store = None,
-    backend: options.BackendName = "torch",
+    backend: options.BackendName = None,
     bundle: options.Bundle = None,
     model: options.Model = None,
     adapters: options.Adapters = None,

@@ -230,7 +230,7 @@ def main(
     work: Annotated[Optional[Path], typer.Option("--work", help="stores and answers for resuming [default: <json>.work/]")] = None,
     update_examples: Annotated[int, typer.Option(min=0, help="teacher update prompts scored per conversation")] = 20,
     threads: Annotated[Optional[int], typer.Option(min=1, help="CPU threads of torch and of a bundle's runtime")] = None,
-    backend: options.BackendName = "torch",
+    backend: options.BackendName = None,
     bundle: options.Bundle = None,
     model: options.Model = None,
     adapters: options.Adapters = None,

@@ -40,7 +40,7 @@ def main(
     sessions: Annotated[Optional[str], typer.Option(help="sessions to ingest, e.g. 1-3 or 1,4")] = None,
     window: Annotated[int, typer.Option(min=1, help="turns per exchange")] = 4,
     store: options.Store = None,
-    backend: options.BackendName = "torch",
+    backend: options.BackendName = None,
     bundle: options.Bundle = None,
     model: options.Model = None,
     adapters: options.Adapters = None,

@@ -8,16 +8,10 @@ from typing import Annotated, Optional
 import typer
 
 
-def _given(ctx: typer.Context, param: typer.CallbackParam, value: str) -> str | None:
-    """None when `--backend` is not on the command line, so that `--bundle` alone can pick the bundle's own.
-    (The source is compared by name: typer's context carries its own copy of click's ParameterSource.)"""
-    return None if ctx.get_parameter_source(param.name).name == "DEFAULT" else value
-
-
 Store = Annotated[Optional[Path], typer.Option("--store", help="SQLite memory store [default: $MEMLORA_HOME/store.sqlite]")]
 BackendName = Annotated[Optional[str], typer.Option(
-    "--backend", callback=_given,
-    help="torch (reference), onnx, executorch or coreml (with --bundle alone: the bundle's only target)")]
+    "--backend", help="torch (reference), onnx, executorch or coreml [default: torch; with --bundle alone, the "
+                      "bundle's only target]")]
 Bundle = Annotated[Optional[Path], typer.Option("--bundle", help="exported bundle directory (non-torch backends)")]
 Model = Annotated[Optional[Path], typer.Option("--model", help="HF model directory [default: the model from `memlora setup`]")]
 Adapters = Annotated[Optional[Path], typer.Option("--adapters", help="adapter directory with extract/, mem_update/, answer/ [default: the shipped adapters]")]
