@@ -37,7 +37,7 @@ def main(
 
     from .conversations import load_conversation
     from .errors import MemloraError
-    from .ingest import ingest, plan
+    from .ingest import ingest, plan, warn_skipped
     from .paths import default_model_dir
     from .session import default_adapters, open_pipeline
     from .setup import ensure_default_model
@@ -49,6 +49,7 @@ def main(
     console.print(f"adapters: {', '.join(pipeline.backend.adapters) or 'none (base model alone)'}")
     conv = load_conversation(DEMO_CONVERSATION)
     results = ingest(pipeline, plan(conv, window=4), "ingest demo conversation")
+    warn_skipped(results, DEMO_CONVERSATION)
     console.print(f"exchanges: {dict(Counter(r.status for r in results))}; memories:")
     for m in pipeline.store.memories():
         console.print(f"  {m.id} ({m.date}) {m.text}", markup=False)

@@ -35,6 +35,14 @@ def ingest(pipeline: MemoryPipeline, todo: list[tuple[str, list[Turn]]], label: 
     return results
 
 
+def warn_skipped(results: list[ExchangeResult], source: Path) -> None:
+    """One stderr line per exchange recorded as skipped, naming the file and its turns."""
+    for r in results:
+        if r.status in SKIPPED:
+            typer.echo(f"warning: {source}: turns {r.turn_ids[0]}..{r.turn_ids[-1]} skipped ({SKIPPED[r.status]}): "
+                       f"{r.error}", err=True)
+
+
 def main(
     file: Annotated[Path, typer.Argument(help="LoCoMo conversation JSON, or JSONL of {speaker, text, date} turns", exists=True, dir_okay=False)],
     sessions: Annotated[Optional[str], typer.Option(help="sessions to ingest, e.g. 1-3 or 1,4")] = None,
@@ -54,10 +62,7 @@ def main(
     todo = plan(conv, sessions, window)
     pipeline = open_pipeline(options.store_path(store), backend, bundle, model, adapters, no_adapters, trace)
     results = ingest(pipeline, todo, f"ingest {conv.id}")
-    for r in results:
-        if r.status in SKIPPED:
-            typer.echo(f"warning: {file}: turns {r.turn_ids[0]}..{r.turn_ids[-1]} skipped ({SKIPPED[r.status]}): "
-                       f"{r.error}", err=True)
+    warn_skipped(results, file)
     counts = Counter(r.status for r in results)
     n = len(pipeline.store.memories())
     Console().print(
