@@ -75,8 +75,8 @@ def load_locomo(path: Path) -> Conversation:
         turns_raw = conv[f"session_{n}"] or []
         if not isinstance(turns_raw, list):
             raise MemloraError(f"{path}: session_{n} must be a list of turns, not {type(turns_raw).__name__}")
-        if turns_raw and not (isinstance(raw_date, str) and raw_date.strip()):
-            raise MemloraError(f"{path}: session_{n}_date_time is missing (every memory needs its date)")
+        if not isinstance(raw_date, str) or (turns_raw and not raw_date.strip()):
+            raise MemloraError(f"{path}: session_{n}_date_time is missing or not text (every memory needs its date)")
         date = display_date(raw_date)
         turns = [_locomo_turn(path, n, i, t, date) for i, t in enumerate(turns_raw)]
         if turns:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from memlora.conversations import Conversation, load_jsonl_turns, load_locomo, parse_range
@@ -14,7 +14,9 @@ from memlora.errors import MemloraError
 from memlora.parse import EVENTS, parse_answer, parse_facts, parse_update
 from memlora.store import Change, MemoryStore
 
-FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+# Derandomized: CI runs the same examples every time, so a red build always reproduces. Explore further by
+# raising max_examples and dropping derandomize locally (4000 random examples per property pass).
+FUZZ = settings(max_examples=200, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
@@ -99,6 +101,7 @@ locomo_docs = st.fixed_dictionaries(
 
 @FUZZ
 @given(locomo_docs | json_values | st.lists(locomo_docs, max_size=2))
+@example({"speaker_a": "Caroline", "speaker_b": "Melanie", "session_1": [], "session_1_date_time": 1})
 def test_locomo_reader_refuses_or_reads_a_conversation(tmp_path_factory, doc):
     path = tmp_path_factory.mktemp("locomo") / "conv.json"
     path.write_text(json.dumps(doc))

@@ -17,7 +17,7 @@ from memlora.runtime.parity.traces import validate_file
 from memlora.trace import TraceRecord, read_traces
 from tests.test_fuzz_inputs import json_values, refused_or_valid
 
-FUZZ = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+FUZZ = settings(max_examples=150, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
 VOCAB = 50
 
 # -- device traces ------------------------------------------------------------------------------------------
