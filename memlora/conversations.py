@@ -53,7 +53,7 @@ def load_locomo(path: Path) -> Conversation:
     path = Path(path)
     try:
         data = json.loads(_read_text(path, "LoCoMo conversation"))
-    except ValueError as e:
+    except (ValueError, RecursionError) as e:  # RecursionError: nesting deeper than the decoder goes
         raise MemloraError(f"{path}: cannot read LoCoMo conversation ({e})") from e
     if isinstance(data, list):
         if len(data) != 1:
@@ -125,7 +125,7 @@ def load_jsonl_turns(path: Path) -> Conversation:
             continue
         try:
             obj = json.loads(line)
-        except ValueError as e:
+        except (ValueError, RecursionError) as e:
             raise MemloraError(f"{path}:{n}: not JSON ({e})") from e
         if not isinstance(obj, dict):
             raise MemloraError(f"{path}:{n}: expected a JSON object with speaker, text and date")

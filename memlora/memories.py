@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from typing import Annotated
 
 import typer
@@ -41,7 +42,7 @@ def main(
         for r in rows:
             h.add_row(str(r.seq), r.memory_id, r.event, r.old_text or "", r.new_text or "", ",".join(r.turn_ids))
         console.print(h)
+    statuses = Counter(e["status"] for e in s.exchanges())
     for status, why in SKIPPED.items():
-        n = sum(e["status"] == status for e in s.exchanges())
-        if n:
+        if n := statuses[status]:
             console.print(f"[yellow]{n} exchanges skipped: {why} (kept in the store's `exchanges` table)[/yellow]")

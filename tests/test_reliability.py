@@ -315,14 +315,17 @@ def _jsonl(tmp_path, *objs):
     return path
 
 
-def _binary(tmp_path):
-    path = tmp_path / "t.jsonl"
-    path.write_bytes(b"\xff\xfe\x00\x9c garbage")
-    return path
+def _raw(name: str, data: bytes):
+    """A maker of a file `name` holding `data`, for contents no JSON writer produces."""
+    def make(tmp_path):
+        (tmp_path / name).write_bytes(data)
+        return tmp_path / name
+
+    return make
 
 
 BAD_INPUTS = {
-    "binary jsonl": (_binary, [], "t.jsonl: turns file is not UTF-8"),
+    "binary jsonl": (_raw("t.jsonl", b"\xff\xfe\x00\x9c garbage"), [], "t.jsonl: turns file is not UTF-8"),
     "turn without speaker": (lambda p: _locomo(p, session_1=[{"text": "hi"}]), [], "session_1 turn 1: 'speaker'"),
     "session not a list": (lambda p: _locomo(p, session_1={"a": 1}), [], "session_1 must be a list"),
     "no sessions": (lambda p: _locomo(p, session_1=None, session_1_date_time=None), [], "has no sessions"),
@@ -336,6 +339,8 @@ BAD_INPUTS = {
                            "turns.jsonl:1: 'date' missing or not text"),
     "jsonl not an object": (lambda p: _jsonl(p, ["Ana", "hi"]), [], "turns.jsonl:1: expected a JSON object"),
     "locomo without date": (lambda p: _locomo(p, session_1_date_time=None), [], "session_1_date_time is missing"),
+    "locomo nested too deeply": (_raw("deep.json", b"[" * 100_000), [], "deep.json: cannot read LoCoMo conversation"),
+    "jsonl nested too deeply": (_raw("deep.jsonl", b"[" * 100_000), [], "deep.jsonl:1: not JSON"),
 }
 
 
