@@ -54,6 +54,7 @@ import torch
 from torch import nn
 
 from memlora.errors import MemloraError
+from memlora.mlpackage import FP16, BlobFile, load_spec, parse_type
 
 from .bundle import TargetRequest
 from .decoder import Decoder, LoraSlots
@@ -292,16 +293,13 @@ def locate(package: Path, tensors: dict[str, np.ndarray]) -> dict[str, tuple[int
     name -> (blob offset, stored transposed). The converter renames and transposes constants (a LoRA
     ``x @ A`` becomes a ``linear`` with weight ``A^T``), so content, not names, identifies them; the
     tensors must be distinct (templates are filled with random values)."""
-    from memlora.runtime.mil_blobs import BlobFile
-    from memlora.runtime.mil_interpreter import FP16, MILModel, parse_type
-
     wanted: dict[bytes, tuple[str, bool]] = {}
     for name, t in tensors.items():
         wanted[_digest(t)] = (name, False)
         if t.ndim == 2:
             wanted.setdefault(_digest(t.T), (name, True))
-    program = MILModel(package)
-    fn = program.program.functions[program.default_function]
+    _, spec = load_spec(package)
+    fn = spec.mlProgram.functions[spec.description.defaultFunctionName or "main"]
     blobs = BlobFile(weight_file(package))
     found: dict[str, tuple[int, bool]] = {}
     for op in fn.block_specializations[fn.opset].operations:
@@ -324,8 +322,6 @@ def locate(package: Path, tensors: dict[str, np.ndarray]) -> dict[str, tuple[int
 
 def patch(package: Path, located: dict[str, tuple[int, bool]], values: dict[str, np.ndarray]) -> None:
     """Overwrite located fp16 weight blobs of a package in place with new values of the same shape."""
-    from memlora.runtime.mil_blobs import BlobFile
-
     path = weight_file(package)
     spans = {name: BlobFile(path).span(located[name][0]) for name in values}
     with path.open("r+b") as fh:

@@ -22,7 +22,7 @@ def main(
     trace: options.Trace = None,
 ) -> None:
     """Answer a question from the memory store."""
-    from .session import open_pipeline
+    from memlora.runtime.registry import open_pipeline
 
     pipeline = open_pipeline(options.store_path(store), backend, bundle, model, adapters, no_adapters, trace,
                              read_only=True)

@@ -39,7 +39,9 @@ def main(
     from .errors import MemloraError
     from .ingest import ingest, plan, warn_skipped
     from .paths import default_model_dir
-    from .session import default_adapters, open_pipeline
+    from memlora.runtime.registry import open_pipeline
+
+    from .session import default_adapters
     from .setup import ensure_default_model
 
     console = Console()

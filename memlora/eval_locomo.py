@@ -238,7 +238,7 @@ def main(
 ) -> None:
     """Evaluate the memory pipeline on LoCoMo conversations (token F1, BLEU-1, extraction F1, update accuracy)."""
     from .distill.teacher import locomo_dir
-    from .session import open_pipeline
+    from memlora.runtime.registry import open_pipeline
 
     work = work or json_out.with_name(json_out.name + ".work")
     ids = [c.strip() for c in conversations.split(",") if c.strip()]

@@ -56,7 +56,7 @@ def main(
     trace: options.Trace = None,
 ) -> None:
     """Ingest a conversation into the memory store."""
-    from .session import open_pipeline
+    from memlora.runtime.registry import open_pipeline
 
     conv = load_conversation(file)  # bad input fails before any model loads
     todo = plan(conv, sessions, window)

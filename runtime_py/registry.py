@@ -1,5 +1,6 @@
-"""Backend names -> constructors. Runtimes are imported only when chosen, so `memlora ask` on one backend
-never pays for importing the others."""
+"""Backend names -> constructors, and the pipeline the common CLI options describe (`--backend`, `--bundle`,
+`--model`, `--adapters`, `--no-adapters`, `--store`). Runtimes are imported only when chosen, so `memlora ask`
+on one backend never pays for importing the others."""
 
 from __future__ import annotations
 
@@ -8,6 +9,10 @@ from pathlib import Path
 
 from memlora.backend import Backend
 from memlora.errors import MemloraError
+from memlora.pipeline import MemoryPipeline
+from memlora.session import default_adapters, load_tokenizer
+from memlora.store import MemoryStore
+from memlora.trace import TraceWriter
 
 BUNDLE_BACKENDS = {
     "onnx": "memlora.runtime.onnx_backend",
@@ -63,3 +68,46 @@ def open_backend(
     module = importlib.import_module(BUNDLE_BACKENDS[name])
     backend = module.from_bundle(Path(bundle), threads=threads)
     return backend, Path(bundle) / "tokenizer"
+
+
+def open_pipeline(
+    store: Path,
+    backend: str | None = None,
+    bundle: Path | None = None,
+    model: Path | None = None,
+    adapters: Path | None = None,
+    no_adapters: bool = False,
+    trace: Path | None = None,
+    read_only: bool = False,
+    threads: int | None = None,
+) -> MemoryPipeline:
+    """Build the pipeline the options describe; the default is the reference model with shipped adapters.
+    `backend` None means no `--backend` was given (see `choose_backend`); `threads` sizes torch's thread pool
+    (the embedder's and the torch backend's) and a bundle runtime's.
+
+    The options are checked and the store is opened first (read-only for verbs that only read it), so a wrong
+    option or `--store` fails before a model loads."""
+    from memlora.embed import Embedder
+    from memlora.paths import default_model_dir
+
+    backend = choose_backend(backend, bundle, model, adapters)
+    memory = MemoryStore(store, read_only=read_only)
+    if backend == "torch":
+        model = Path(model) if model else default_model_dir()
+        if not (model / "config.json").is_file():
+            raise MemloraError(f"{model}: no model here; run `memlora setup` (or pass --model DIR)")
+        if adapters is None and not no_adapters and model == default_model_dir():
+            adapters = default_adapters()
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    be, tok_dir = open_backend(backend, bundle, model, None if no_adapters else adapters, threads=threads)
+    return MemoryPipeline(
+        be,
+        load_tokenizer(tok_dir),
+        memory,
+        Embedder(),
+        use_adapters=not no_adapters,
+        trace=TraceWriter(trace) if trace else None,
+    )

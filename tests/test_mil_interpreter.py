@@ -18,7 +18,7 @@ from coremltools.converters.mil import Builder as mb  # noqa: E402
 from coremltools.converters.mil.mil import types  # noqa: E402
 
 from memlora.errors import MemloraError  # noqa: E402
-from memlora.runtime.mil_blobs import BlobFile  # noqa: E402
+from memlora.mlpackage import BlobFile  # noqa: E402
 from memlora.runtime.mil_interpreter import MILModel, UnsupportedOpError  # noqa: E402
 from memlora.runtime.mil_ops import OPS  # noqa: E402
 

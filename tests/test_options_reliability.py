@@ -196,7 +196,7 @@ def test_setup_documents_force_and_wheel():
 
 
 def test_threads_reach_the_onnx_sessions(onnx_bundle, tmp_path):
-    from memlora.session import open_pipeline
+    from memlora.runtime.registry import open_pipeline
 
     a_store(tmp_path / "s.sqlite")
     pipeline = open_pipeline(tmp_path / "s.sqlite", "onnx", onnx_bundle, threads=1)
@@ -204,7 +204,7 @@ def test_threads_reach_the_onnx_sessions(onnx_bundle, tmp_path):
 
 
 def test_eval_passes_threads_to_the_pipeline(onnx_bundle, tiny_locomo, tmp_path, monkeypatch):
-    import memlora.session
+    import memlora.runtime.registry
 
     seen = {}
 
@@ -212,7 +212,7 @@ def test_eval_passes_threads_to_the_pipeline(onnx_bundle, tiny_locomo, tmp_path,
         seen.update(kwargs)
         raise MemloraError("stopped")
 
-    monkeypatch.setattr(memlora.session, "open_pipeline", stop)
+    monkeypatch.setattr(memlora.runtime.registry, "open_pipeline", stop)
     code, stdout, stderr = cli("eval", "locomo", "--data", tiny_locomo, "--json", tmp_path / "e.json", "--threads", "3",
                                "--backend", "onnx", "--bundle", onnx_bundle, home=tmp_path)
     assert_one_line_error(code, stdout, stderr, "stopped")

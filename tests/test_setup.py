@@ -13,7 +13,8 @@ from safetensors.numpy import save_file
 
 from memlora import paths
 from memlora.errors import MemloraError
-from memlora.setup import STAMP_NAME, WHEEL_NAME, cache_problem, ensure_default_model, write_stamp
+from memlora.model_wheel import WHEEL_NAME
+from memlora.setup import STAMP_NAME, cache_problem, ensure_default_model, write_stamp
 
 SOURCE = {"wheel": "test"}
 

