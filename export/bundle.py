@@ -24,14 +24,16 @@ from memlora import replace
 from memlora.checksum import sha256_file
 from memlora.errors import MemloraError
 from memlora.paths import SCHEMAS
+from memlora.recipe import QuantRecipe
 from memlora.replace import OWNER, only_files
 
 if TYPE_CHECKING:  # the runtimes read bundles without importing torch
     from .decoder import DecoderConfig
-    from .lora import Adapter
 
 
-SCHEMA_VERSION = "memlora-bundle/1"
+SCHEMA_VERSION = "memlora-bundle/2"
+OLD_VERSIONS = {"memlora-bundle/1": "0.2"}
+"""Manifest versions of earlier memlora releases, refused with how to re-export (their recipes are untyped)."""
 MANIFEST = "manifest.json"
 TOKENIZER_DIR = "tokenizer"
 SCHEMA_PATH = SCHEMAS / "manifest.schema.json"
@@ -100,11 +102,14 @@ def validate_manifest(manifest: dict, source: Path) -> None:
 
 
 def recognise_bundle(path: Path) -> str | None:
-    """None when `path` is a bundle memlora wrote: a schema-valid manifest and no file it does not list."""
+    """None when `path` is a bundle memlora wrote: a schema-valid manifest (or one of an earlier release, which
+    export may replace) and no file it does not list."""
     if not (path / MANIFEST).is_file():
         return f"no {MANIFEST}"
     try:
         manifest = read_manifest(path)
+    except OldBundle as old:
+        manifest = old.manifest
     except MemloraError:
         return f"its {MANIFEST} is not a bundle manifest"
     return only_files(path, {MANIFEST, *manifest["files"]})
@@ -125,20 +130,6 @@ def publish(tmp: Path, out: Path, manifest: dict) -> Path:
 
 
 @dataclass(frozen=True)
-class TargetRequest:
-    """What every target exporter gets (``export_target(request, bundle_dir, stage) -> manifest entry``)."""
-
-    model_dir: Path
-    adapters: dict[str, Adapter]
-    mode: str
-    quant: str
-    block_size: int
-    max_context: int
-    embedding_int8: bool = False
-    """int8 weight-only token embeddings (targets that support it: executorch)."""
-
-
-@dataclass(frozen=True)
 class Bundle:
     path: Path
     manifest: dict
@@ -150,6 +141,10 @@ class Bundle:
             have = ", ".join(self.manifest["targets"]) or "none"
             raise MemloraError(f"{self.path}: bundle has no {name} target (has: {have})") from None
 
+    def recipe(self, name: str) -> QuantRecipe:
+        """The typed quantization recipe of target `name` (checked when the manifest was read)."""
+        return QuantRecipe.from_json(self.target(name)["quantization"], f"{self.path / MANIFEST}: {name}")
+
     @property
     def eos_ids(self) -> set[int]:
         return set(self.manifest["model"]["special_tokens"]["eos_ids"])
@@ -159,8 +154,26 @@ class Bundle:
         return self.path / self.manifest["golden"]["file"]
 
 
+class OldBundle(MemloraError):
+    """A bundle an earlier memlora wrote (listed files kept, so export can still replace it)."""
+
+    def __init__(self, message: str, manifest: dict):
+        super().__init__(message)
+        self.manifest = manifest
+
+
+def _old_bundle(manifest: object, where: Path) -> OldBundle | None:
+    version = manifest.get("schema_version") if isinstance(manifest, dict) else None
+    if not isinstance(version, str) or version not in OLD_VERSIONS or not isinstance(manifest.get("files"), dict):
+        return None
+    return OldBundle(f"{where}: a bundle of memlora {OLD_VERSIONS[version]} ({version}), whose quantization "
+                     f"recipes this version cannot read; re-export it with `memlora export ... --out "
+                     f"{where.parent}` (export replaces it)", {"files": manifest["files"]})
+
+
 def read_manifest(path: Path) -> dict:
-    """The schema-valid manifest of the bundle at `path`; any problem is one error naming the file."""
+    """The schema-valid manifest of the bundle at `path`, each target's recipe checked as a `QuantRecipe`; any
+    problem is one error naming the file."""
     manifest_path = Path(path) / MANIFEST
     try:
         manifest = json.loads(manifest_path.read_bytes().decode("utf-8"))
@@ -170,7 +183,12 @@ def read_manifest(path: Path) -> dict:
         raise MemloraError(f"{manifest_path}: not valid JSON (nested too deeply)") from e
     except ValueError as e:  # UnicodeDecodeError included
         raise MemloraError(f"{manifest_path}: not valid JSON ({e})") from e
+    old = _old_bundle(manifest, manifest_path)
+    if old is not None:
+        raise old
     validate_manifest(manifest, manifest_path)
+    for name, entry in manifest["targets"].items():
+        QuantRecipe.from_json(entry["quantization"], f"{manifest_path}: targets.{name}.quantization")
     bad = next((rel for rel in manifest["files"] if Path(rel).is_absolute() or ".." in Path(rel).parts), None)
     if bad is not None:
         raise MemloraError(f"{manifest_path}: lists {bad!r}, which is outside the bundle")

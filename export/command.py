@@ -1,14 +1,12 @@
 """`memlora export`: turn a HF model and its PEFT adapters into a bundle for one or more runtimes.
 
 Library function `export_bundle`; `main` is the thin CLI wrapper (registered as `memlora export`) that
-shows one progress bar over the stages. Each target is a module with ``check_request(request)`` (refuses
-a mode or quant it cannot export; run for every target before any is built) and
-``export_target(request: TargetRequest, bundle_dir, stage) -> manifest entry``.
+shows one progress bar over the stages. Each target is an `memlora.export.target.Exporter`; every request is
+checked against every chosen target before any is built.
 """
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 from typing import Annotated, Callable, Optional
 
@@ -18,11 +16,6 @@ from memlora import __version__
 from memlora.errors import MemloraError
 from memlora.options import Adapters, Model
 
-TARGETS = {
-    "onnx": "memlora.export.onnx_export",
-    "executorch": "memlora.export.executorch_export",
-    "coreml": "memlora.export.coreml_export",
-}
 GOLDEN_DIR = "golden"
 GOLDEN_TOKENS = 48
 """Golden traces stop after this many tokens: enough to catch a drift, small enough to replay on a phone."""
@@ -57,13 +50,13 @@ def export_bundle(
     from memlora.adapters import load_checked_adapters
     from memlora.session import load_tokenizer
 
-    from . import bundle, golden
+    from . import bundle, golden, target
     from .decoder import DecoderConfig
     from .lora import load_adapters
 
-    unknown = [t for t in targets if t not in TARGETS]
-    if unknown or not targets:
-        raise MemloraError(f"unknown target {(unknown or [''])[0]!r}; choose from {', '.join(TARGETS)}")
+    if not targets:
+        raise MemloraError(f"no target given; choose from {', '.join(target.TARGETS)}")
+    exporters = {name: target.load(name) for name in targets}
     if block_size < 16 or block_size & (block_size - 1):
         raise MemloraError(f"--block-size {block_size}: must be a power of two, at least 16 (MatMulNBits, "
                            "torchao and Core ML all quantize in such blocks)")
@@ -75,14 +68,14 @@ def export_bundle(
     load_checked_adapters(adapters_dir, model_dir)
     adapters = load_adapters(adapters_dir, config)
     tokenizer = load_tokenizer(model_dir)
-    request = bundle.TargetRequest(model_dir, adapters, mode, quant, block_size, config.max_context, embedding_int8)
-    exporters = {target: importlib.import_module(TARGETS[target]) for target in targets}
+    request = target.TargetRequest(model_dir, adapters, mode, quant, block_size, config.max_context, embedding_int8)
     for exporter in exporters.values():
-        exporter.check_request(request)
+        target.check_request(exporter, request)
     with bundle.staging(out) as tmp:
         entries = {}
-        for target, exporter in exporters.items():
-            entries[target] = exporter.export_target(request, tmp, stage)
+        for name, exporter in exporters.items():
+            entries[name] = {"mode": mode, "quantization": exporter.recipe(request).to_json(),
+                             **exporter.export(request, tmp, stage)}
         stage("tokenizer")
         tok_entry = bundle.copy_tokenizer(model_dir, tmp)
         model = bundle.model_entry(config, model_dir.name, tokenizer)
@@ -112,7 +105,8 @@ def main(
     adapters: Adapters = None,
     target: Annotated[str, typer.Option("--target", help="onnx, executorch, coreml (comma-separated)")] = "onnx",
     mode: Annotated[str, typer.Option("--mode", help="merged | separable adapters")] = "separable",
-    quant: Annotated[str, typer.Option("--quant", help="fp32 | int8 | int4 (base weights; LoRA stays float)")] = "fp32",
+    quant: Annotated[str, typer.Option("--quant", help="fp32 | fp16 | int8 | int4 | pal4 (base weights; LoRA stays float; "
+                                       "fp16 and pal4: coreml)")] = "fp32",
     block_size: Annotated[int, typer.Option("--block-size", help="int4 quantization block size (MatMulNBits)")] = 32,
     out: Annotated[Optional[Path], typer.Option("--out", help="bundle directory to write")] = None,
     max_context: Annotated[int, typer.Option("--max-context", help="KV cache length of the exported model")] = 2048,

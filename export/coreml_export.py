@@ -30,16 +30,17 @@ to the converted program with ``coremltools.optimize.coreml``:
   `palettize_group` (a deterministic 1-D k-means) and handed to coremltools as a custom LUT function.
 
 A weight whose shape the scheme cannot tile (int4: input size not a multiple of the block; pal4: output
-size not a multiple of 16) stays fp16 (`quantizable`); SmolLM2's weights all tile.
+size not a multiple of 16) stays fp16 (``uneven="skip"`` in the recipe); SmolLM2's weights all tile.
 - ``fp16`` (``fp32`` is accepted as its alias: Core ML stores and computes this model in fp16).
 
-`reference_quantize` applies exactly the same quantization to the torch decoder, so a Core ML model can be
-compared with a torch model carrying the same weights, isolating conversion errors from quantization loss.
+`memlora.export.quant.quantize_decoder` applies the same recipe to the torch decoder, so a Core ML model can
+be compared with a torch model carrying the same weights, isolating conversion errors from quantization loss.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import io
 import re
@@ -47,7 +48,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -55,16 +56,17 @@ from torch import nn
 
 from memlora.errors import MemloraError
 from memlora.mlpackage import FP16, BlobFile, load_spec, parse_type
+from memlora.recipe import QuantRecipe
 
-from .bundle import TargetRequest
+from . import quant
 from .decoder import Decoder, LoraSlots
 from .lora import Adapter, fill_slots, slot_tensors, unify_slots
+from .target import Exporter, Stage, TargetRequest
 
 TARGET = "coreml"
 PACKAGE = "model.mlpackage"
 BASE_FUNCTION = "base"
 QUANTS = ("fp16", "fp32", "int8", "int4", "pal4")
-MODES = ("merged", "separable")
 PAL_GROUP = 16
 PAL_BITS = 4
 LINEAR_BITS = {"int8": 8, "int4": 4}
@@ -158,119 +160,47 @@ def convert(decoder: Decoder):
 # ---- quantization ---------------------------------------------------------------------------------------
 
 
-def linear_quantize(weight: torch.Tensor, bits: int, block: int | None) -> torch.Tensor:
-    """Symmetric linear quantization of an fp16 weight [out, in] as coremltools computes it, dequantized:
-    one scale per row (``block`` None) or per ``block`` inputs of a row; q in [-(2^(b-1)-1), 2^(b-1)-1]."""
-    qmax = 2 ** (bits - 1) - 1
-    w = weight.to(torch.float16).float()
-    rows, cols = w.shape
-    blocks = w.reshape(rows, -1, block if block else cols)
-    scale = (blocks.abs().amax(-1, keepdim=True) / qmax).half().float()
-    safe = torch.where(scale == 0, torch.ones_like(scale), scale)
-    q = torch.round((blocks / safe).half().float()).clamp(-qmax, qmax)
-    return (q * scale).half().float().reshape(rows, cols)
+def recipe(req: TargetRequest) -> QuantRecipe:
+    """fp16 weights and compute, or the base weights (projections, embedding/LM head) compressed."""
+    notes = "LoRA branches, norms and RoPE tables stay fp16"
+    if req.quant in ("fp16", "fp32"):
+        return QuantRecipe("fp16", op="fp16 mlprogram", compute="fp16",
+                           notes="fp32 is an alias: Core ML stores and computes this model in fp16" if req.quant == "fp32" else "")
+    if req.quant == "pal4":
+        return QuantRecipe("pal4", op="constexpr_lut_to_dense", compute="fp16", weights="palette", bits=PAL_BITS,
+                           block_size=PAL_GROUP, uneven="skip", lm_head=True, embedding="as_weights",
+                           notes=f"one 16-entry table per {PAL_GROUP} output channels (1-D k-means); {notes}")
+    return QuantRecipe(req.quant, op="constexpr_blockwise_shift_scale", compute="fp16", weights="linear",
+                       bits=LINEAR_BITS[req.quant], block_size=req.block_size if req.quant == "int4" else None,
+                       scale_rule="restricted", uneven="skip", lm_head=True, embedding="as_weights", notes=notes)
 
 
-def palettize_group(values: np.ndarray, bits: int = PAL_BITS, iterations: int = 25) -> tuple[np.ndarray, np.ndarray]:
-    """A deterministic 1-D k-means on the fp16 values of one group: (lut [2^bits] fp16, indices uint8).
-
-    Starts from equal-count segments of the sorted values and runs Lloyd steps on the sorted array
-    (cluster boundaries are midpoints between centroids), so it needs no random seed and no scikit-learn.
-    """
-    order = np.sort(values.reshape(-1).astype(np.float64))
-    n, k = order.size, 2**bits
-    prefix = np.concatenate([[0.0], np.cumsum(order)])
-    cuts = np.linspace(0, n, k + 1).round().astype(int)
-    centroids = order[np.minimum(cuts[:-1], n - 1)]
-    for _ in range(iterations):
-        counts = np.diff(cuts)
-        sums = prefix[cuts[1:]] - prefix[cuts[:-1]]
-        centroids = np.maximum.accumulate(np.where(counts > 0, sums / np.maximum(counts, 1), centroids))
-        bounds = np.searchsorted(order, (centroids[1:] + centroids[:-1]) / 2, side="right")
-        new_cuts = np.concatenate([[0], bounds, [n]])
-        if np.array_equal(new_cuts, cuts):
-            break
-        cuts = new_cuts
-    lut = centroids.astype(np.float16)
-    indices = np.abs(values.reshape(-1, 1).astype(np.float32) - lut.astype(np.float32)[None]).argmin(1)
-    return lut, indices.astype(np.uint8).reshape(values.shape)
-
-
-def palettize(weight: torch.Tensor) -> torch.Tensor:
-    """`weight` [out, in] with each group of PAL_GROUP rows replaced by its 16-entry table's values."""
-    w = weight.to(torch.float16).numpy()
-    out = np.empty_like(w)
-    for g in range(0, w.shape[0], PAL_GROUP):
-        lut, idx = palettize_group(w[g : g + PAL_GROUP])
-        out[g : g + PAL_GROUP] = lut[idx]
-    return torch.from_numpy(out.astype(np.float32))
-
-
-def quantizable(quant: str, shape: tuple[int, ...], block_size: int) -> bool:
-    """Whether coremltools can apply `quant` to a base weight of `shape` [out, in] (it skips the others,
-    which then stay fp16): int4 blocks must tile the input axis, pal4 groups the output axis."""
-    if quant == "int4":
-        return shape[1] % block_size == 0
-    if quant == "pal4":
-        return shape[0] % PAL_GROUP == 0
-    return quant == "int8"
-
-
-def base_weights(decoder: Decoder, quant: str, block_size: int) -> dict[str, nn.Parameter]:
-    """The parameters `quant` applies to (tied embeddings appear once, as in the converted program)."""
-    return {n: p for n, p in decoder.named_parameters()
-            if BASE_WEIGHT.search(n.replace(".", "_")) and quantizable(quant, tuple(p.shape), block_size)}
-
-
-def reference_quantize(decoder: Decoder, quant: str, block_size: int = 32) -> None:
-    """Apply the Core ML quantization recipe to `decoder`'s base weights in torch (in place, dequantized)."""
-    if quant in ("fp16", "fp32"):
-        return
-    with torch.no_grad():
-        for param in base_weights(decoder, quant, block_size).values():
-            if quant == "pal4":
-                param.copy_(palettize(param))
-            else:
-                param.copy_(linear_quantize(param, LINEAR_BITS[quant], block_size if quant == "int4" else None))
-
-
-def compress(model, quant: str, block_size: int):
-    """Quantize the base weights of a converted model (LoRA branches, norms and RoPE tables stay fp16)."""
+def compress(model, recipe: QuantRecipe):
+    """Quantize the base weights of a converted model as `recipe` says (LoRA branches, norms and RoPE tables
+    stay fp16)."""
     import coremltools.optimize.coreml as cto
 
-    if quant in ("fp16", "fp32"):
+    if recipe.weights == "float":
         return model
-    if quant == "pal4":
+    if recipe.weights == "palette":
         config = cto.OpPalettizerConfig(
-            mode="custom", lut_function=palettize_group, granularity="per_grouped_channel",
-            group_size=PAL_GROUP, channel_axis=0, weight_threshold=0,
+            mode="custom", lut_function=functools.partial(quant.palettize_group, bits=recipe.bits),
+            granularity="per_grouped_channel", group_size=recipe.block_size, channel_axis=0, weight_threshold=0,
         )
         run = cto.palettize_weights
     else:
         config = cto.OpLinearQuantizerConfig(
-            mode="linear_symmetric", dtype="int8" if quant == "int8" else "int4",
-            granularity="per_block" if quant == "int4" else "per_channel", block_size=block_size,
+            mode="linear_symmetric", dtype=f"int{recipe.bits}",
+            granularity="per_block" if recipe.block_size else "per_channel", block_size=recipe.block_size or 0,
             weight_threshold=0,
         )
         run = cto.linear_quantize_weights
     with _quiet():
         names = [n for n, meta in cto.get_weights_metadata(model, weight_threshold=0).items()
-                 if BASE_WEIGHT.search(n) and quantizable(quant, meta.val.shape, block_size)]
+                 if BASE_WEIGHT.search(n) and quant.quantizable(recipe, meta.val.shape)]
         if not names:
             raise MemloraError("Core ML export: no base weights found to quantize in the converted program")
         return run(model, cto.OptimizationConfig(op_name_configs={n: config for n in names}))
-
-
-def quant_recipe(quant: str, block_size: int) -> dict:
-    scope = "base projections and embedding/LM head; LoRA branches, norms and RoPE tables stay fp16"
-    if quant in ("fp16", "fp32"):
-        return {"scheme": "fp16"}
-    if quant == "pal4":
-        return {"scheme": "pal4", "op": "constexpr_lut_to_dense", "bits": PAL_BITS, "group_size": PAL_GROUP,
-                "axis": "output channels", "lut": "1-D k-means per group", "scope": scope}
-    return {"scheme": quant, "op": "constexpr_blockwise_shift_scale", "bits": LINEAR_BITS[quant],
-            "symmetric": True, "block_size": block_size if quant == "int4" else None,
-            "granularity": "per_block" if quant == "int4" else "per_channel", "scope": scope}
 
 
 # ---- packaging ------------------------------------------------------------------------------------------
@@ -346,12 +276,12 @@ def save_functions(models: dict[str, Path], out: Path) -> None:
         ct.utils.save_multifunction(desc, str(out))
 
 
-def compress_package(src: Path, dest: Path, quant: str, block_size: int) -> None:
+def compress_package(src: Path, dest: Path, recipe: QuantRecipe) -> None:
     import coremltools as ct
 
     with _quiet():
         model = ct.models.MLModel(str(src), skip_model_load=True)
-    compress(model, quant, block_size).save(str(dest))
+    compress(model, recipe).save(str(dest))
 
 
 def _lora_values(decoder: Decoder, adapter: Adapter | None) -> dict[str, np.ndarray]:
@@ -404,15 +334,16 @@ def make_template(req: TargetRequest, workdir: Path) -> Template:
 
 
 def function_packages(template: Template, req: TargetRequest, workdir: Path,
-                      stage: Callable[[str], None] = lambda s: None) -> dict[str, Path]:
+                      stage: Stage = lambda s: None) -> dict[str, Path]:
     """One single-function package per function (base first), patched and quantized as `req` asks."""
     workdir = Path(workdir)
-    quantized = req.quant not in ("fp16", "fp32")
+    rec = recipe(req)
+    quantized = rec.weights != "float"
     source = template.path
     if template.separable and quantized:  # LoRA constants stay fp16: quantize once, patch the copies
         stage(f"coreml: quantize ({req.quant})")
         source = workdir / f"template-{req.quant}.mlpackage"
-        compress_package(template.path, source, req.quant, req.block_size)
+        compress_package(template.path, source, rec)
     located = locate(source, template.tensors)
     singles: dict[str, Path] = {}
     for name, adapter in [(BASE_FUNCTION, None), *req.adapters.items()]:
@@ -425,23 +356,21 @@ def function_packages(template: Template, req: TargetRequest, workdir: Path,
             patch(path, located, _merged_values(req, adapter))
         if quantized and not template.separable:
             compressed = path.with_name(path.stem + "-q.mlpackage")
-            compress_package(path, compressed, req.quant, req.block_size)
+            compress_package(path, compressed, rec)
             path = compressed
         singles[name] = path
     return singles
 
 
-def check_request(req: TargetRequest) -> None:
-    if req.mode not in MODES or req.quant not in QUANTS:
-        raise MemloraError(f"Core ML export: mode must be one of {MODES} and quant one of {QUANTS}")
+def refusal(req: TargetRequest) -> str | None:
     if BASE_FUNCTION in req.adapters:
-        raise MemloraError(f"Core ML export: an adapter may not be named {BASE_FUNCTION!r} (the base function)")
+        return f"an adapter may not be named {BASE_FUNCTION!r} (the base function)"
+    return None
 
 
 def write_package(template: Template, req: TargetRequest, bundle_dir: Path, workdir: Path,
-                  stage: Callable[[str], None] = lambda s: None) -> dict:
+                  stage: Stage = lambda s: None) -> dict:
     """Build the multifunction package into ``bundle_dir/coreml`` from a template; the manifest entry."""
-    check_request(req)
     singles = function_packages(template, req, workdir, stage)
     stage("coreml: multifunction package")
     package = Path(bundle_dir) / TARGET / PACKAGE
@@ -450,8 +379,6 @@ def write_package(template: Template, req: TargetRequest, bundle_dir: Path, work
         shutil.rmtree(package)
     save_functions(singles, package)
     return {
-        "mode": req.mode,
-        "quantization": quant_recipe(req.quant, req.block_size),
         "max_context": template.max_context,
         "graphs": {BASE_FUNCTION: f"{TARGET}/{PACKAGE}"},
         "functions": {BASE_FUNCTION: BASE_FUNCTION, **{n: n for n in req.adapters}},
@@ -462,10 +389,12 @@ def write_package(template: Template, req: TargetRequest, bundle_dir: Path, work
     }
 
 
-def export_target(req: TargetRequest, bundle_dir: Path, stage: Callable[[str], None] = lambda s: None) -> dict:
+def export_target(req: TargetRequest, bundle_dir: Path, stage: Stage = lambda s: None) -> dict:
     """Write the Core ML target into ``bundle_dir/coreml/model.mlpackage``; return its manifest entry."""
-    check_request(req)
     with tempfile.TemporaryDirectory(prefix="memlora-coreml-") as tmp:
         stage("coreml: convert")
         template = make_template(req, Path(tmp))
         return write_package(template, req, bundle_dir, Path(tmp), stage)
+
+
+EXPORTER = Exporter("coreml", "Core ML", QUANTS, recipe, export_target, check=refusal)

@@ -40,7 +40,6 @@ import os
 import re
 from collections import Counter
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
@@ -48,12 +47,11 @@ from torch import nn
 from memlora.errors import MemloraError
 
 from . import executorch_quant
-from .bundle import TargetRequest
+from .target import Exporter, Stage, TargetRequest
 from .decoder import Decoder, DecoderConfig, LoraLinear, RMSNorm
 from .lora import Adapter, fill_slots, unify_slots
 
 TARGET = "executorch"
-MODES = ("merged", "separable")
 BASE_METHOD = "forward"
 FOUNDATION = "foundation"
 LINEAR_OPS = ("linear", "mm", "addmm", "bmm", "matmul", "_weight_int8pack_mm")
@@ -257,17 +255,10 @@ def write_program(et, path: Path) -> list[Path]:
     return [path, *sorted(set(path.parent.glob("*.ptd")) - before)]
 
 
-def check_request(req: TargetRequest) -> None:
-    executorch_quant.check_quant(req.quant)
-    if req.mode not in MODES:
-        raise MemloraError(f"ExecuTorch export: mode must be one of {MODES}, not {req.mode!r}")
-
-
-def export_target(req: TargetRequest, bundle_dir: Path, stage: Callable[[str], None] = lambda s: None) -> dict:
+def export_target(req: TargetRequest, bundle_dir: Path, stage: Stage = lambda s: None) -> dict:
     """Write the ExecuTorch target into ``bundle_dir/executorch`` and return its manifest entry."""
     from memlora.session import load_tokenizer
 
-    check_request(req)
     out_dir = bundle_dir / TARGET
     out_dir.mkdir(parents=True, exist_ok=True)
     slots = unify_slots(req.adapters.values()) if req.adapters else None
@@ -304,8 +295,6 @@ def export_target(req: TargetRequest, bundle_dir: Path, stage: Callable[[str], N
                 methods[name] = BASE_METHOD
     data = [f for f in files if f.suffix == ".ptd"]
     return {
-        "mode": req.mode,
-        "quantization": executorch_quant.recipe(req.quant, req.block_size, req.embedding_int8),
         "max_context": req.max_context,
         "graphs": programs,
         "methods": methods,
@@ -314,3 +303,7 @@ def export_target(req: TargetRequest, bundle_dir: Path, stage: Callable[[str], N
         "runner_metadata": metadata,
         "files": sorted(f.relative_to(bundle_dir).as_posix() for f in files),
     }
+
+
+EXPORTER = Exporter("executorch", "ExecuTorch", executorch_quant.QUANTS, executorch_quant.recipe, export_target,
+                    refused=executorch_quant.REFUSED, options=frozenset({"embedding_int8"}))

@@ -15,22 +15,17 @@ from __future__ import annotations
 
 from torch import nn
 
-from memlora.errors import MemloraError
+from memlora.recipe import QuantRecipe
+
+from .target import TargetRequest
 
 QUANTS = ("fp32", "int8", "int4")
-WEIGHT_ONLY = ("int8-weight-only", "int4-weight-only")
-
-
-def check_quant(quant: str) -> None:
-    """Accept fp32/int8/int4; explain why a weight-only linear recipe is refused."""
-    if quant in WEIGHT_ONLY:
-        raise MemloraError(
-            f"ExecuTorch export: {quant} is refused: weight-only linear quantization lowers to XNNPACK with "
-            "scales passed as runtime inputs and gives wrong logits (off by 85-1600) at fp32 size in this "
-            "version set (torch 2.13, executorch 1.5.1, torchao 0.18); use int8 or int4 (dynamic activations)"
-        )
-    if quant not in QUANTS:
-        raise MemloraError(f"ExecuTorch export: quant must be one of {QUANTS}, not {quant!r}")
+REFUSED = {
+    q: "weight-only linear quantization lowers to XNNPACK with scales passed as runtime inputs and gives wrong "
+       "logits (off by 85-1600) at fp32 size in this version set (torch 2.13, executorch 1.5.1, torchao 0.18); "
+       "use int8 or int4 (dynamic activations)"
+    for q in ("int8-weight-only", "int4-weight-only")
+}
 
 
 def linear_config(quant: str, block_size: int):
@@ -60,15 +55,13 @@ def quantize_model(model: nn.Module, quant: str, block_size: int, embedding_int8
                   filter_fn=lambda m, fqn: isinstance(m, nn.Embedding))
 
 
-def recipe(quant: str, block_size: int, embedding_int8: bool) -> dict:
-    """The manifest's quantization entry."""
-    entry: dict = {"scheme": quant, "library": "torchao", "embedding": "int8 weight-only" if embedding_int8 else "fp32"}
-    if quant == "int8":
-        entry.update(config="Int8DynamicActivationIntxWeightConfig", activations="int8 dynamic (per token)",
-                     weights="int8 per channel")
-    elif quant == "int4":
-        entry.update(config="Int8DynamicActivationIntxWeightConfig", activations="int8 dynamic (per token)",
-                     weights=f"int4 per group of {block_size}", block_size=block_size)
-    if quant != "fp32":
-        entry["scope"] = "base projections and output head; LoRA stays fp32"
-    return entry
+def recipe(req: TargetRequest) -> QuantRecipe:
+    """The torchao recipe: 8-bit dynamic per-token activations with int8 per-channel or int4 grouped weights
+    on the base projections and the output head; optionally int8 row-wise embeddings."""
+    embedding = "int8_row" if req.embedding_int8 else "float"
+    if req.quant == "fp32":
+        return QuantRecipe("fp32", op="XNNPACK fp32 linear", embedding=embedding)
+    return QuantRecipe(req.quant, op="torchao Int8DynamicActivationIntxWeightConfig -> XNNPACK", weights="linear",
+                       bits=8 if req.quant == "int8" else 4, block_size=None if req.quant == "int8" else req.block_size,
+                       scale_rule="half_range", activations="int8_token_asym", lm_head=True, embedding=embedding,
+                       notes="LoRA branches stay fp32")

@@ -40,21 +40,20 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
 
 from memlora.errors import MemloraError
+from memlora.recipe import QuantRecipe
 
 from .decoder import Decoder, rotate
-from .bundle import TargetRequest
 from .lora import Adapter, slot_tensors, unify_slots
+from .target import Exporter, Stage, TargetRequest
 
 TARGET = "onnx"
 QUANTS = ("fp32", "int8", "int4")
 QUANT_BITS = {"int8": 8, "int4": 4}
-MODES = ("merged", "separable")
 OPSET = 23  # RMSNormalization is one op from opset 23
 
 
@@ -315,22 +314,19 @@ def write_adapter(decoder: Decoder, adapter: Adapter, path: Path) -> Path:
     return path
 
 
-def quant_recipe(quant: str, block_size: int) -> dict:
-    if quant == "fp32":
-        return {"scheme": "fp32"}
-    return {"scheme": quant, "op": "com.microsoft::MatMulNBits", "bits": QUANT_BITS[quant], "block_size": block_size,
-            "symmetric": True, "accuracy_level": 4, "scope": "base MatMul weights; LoRA and embeddings stay float"}
+def recipe(req: TargetRequest) -> QuantRecipe:
+    """fp32 MatMul, or MatMulNBits on every base MatMul and the output head (int8 also in blocks: see above)."""
+    if req.quant == "fp32":
+        return QuantRecipe("fp32", op="MatMul")
+    return QuantRecipe(req.quant, op="com.microsoft::MatMulNBits (accuracy_level 4)", weights="linear",
+                       bits=QUANT_BITS[req.quant], block_size=req.block_size, scale_rule="max_to_min",
+                       activations="int8_block", act_block=req.block_size, lm_head=True,
+                       notes="LoRA branches and the embedding Gather stay float")
 
 
-def check_request(req: TargetRequest) -> None:
-    if req.mode not in MODES or req.quant not in QUANTS:
-        raise MemloraError(f"ONNX export: mode must be one of {MODES} and quant one of {QUANTS}")
-
-
-def export_target(req: TargetRequest, bundle_dir: Path, stage: Callable[[str], None] = lambda s: None) -> dict:
+def export_target(req: TargetRequest, bundle_dir: Path, stage: Stage = lambda s: None) -> dict:
     """Write the ONNX target into ``bundle_dir/onnx`` and return its manifest entry (paths relative to the
     bundle)."""
-    check_request(req)
     out_dir = bundle_dir / TARGET
     out_dir.mkdir(parents=True, exist_ok=True)
     graphs: dict[str, str] = {}
@@ -368,10 +364,11 @@ def export_target(req: TargetRequest, bundle_dir: Path, stage: Callable[[str], N
             stage(f"onnx: graph for {name}")
             emit(with_lora(template, slotted, adapter), name)
     return {
-        "mode": req.mode,
-        "quantization": quant_recipe(req.quant, req.block_size),
         "max_context": req.max_context,
         "graphs": graphs,
         "adapter_files": adapter_files,
         "files": sorted(f.relative_to(bundle_dir).as_posix() for f in files),
     }
+
+
+EXPORTER = Exporter("onnx", "ONNX", QUANTS, recipe, export_target)

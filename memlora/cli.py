@@ -35,6 +35,7 @@ VERBS = {
     "export": "memlora.export.command",
     "bench": "memlora.runtime.bench.command",
     "parity": "memlora.runtime.parity.command",
+    "matrix": "memlora.matrix",
 }
 
 

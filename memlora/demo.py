@@ -34,13 +34,12 @@ def main(
     from memlora.runtime.parity.report import table, write_json
     from memlora.runtime.parity.run import run_parity
     from memlora.runtime.parity.thresholds import load_thresholds
+    from memlora.runtime.registry import open_pipeline
 
     from .conversations import load_conversation
     from .errors import MemloraError
     from .ingest import ingest, plan, warn_skipped
     from .paths import default_model_dir
-    from memlora.runtime.registry import open_pipeline
-
     from .session import default_adapters
     from .setup import ensure_default_model
 

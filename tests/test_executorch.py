@@ -12,9 +12,10 @@ from transformers import AutoTokenizer
 
 from memlora.errors import MemloraError
 from memlora.export import executorch_export as ee
-from memlora.export.bundle import TargetRequest, load_bundle
+from memlora.export.bundle import load_bundle
+from memlora.export.target import TargetRequest
 from memlora.export.decoder import Decoder, DecoderConfig
-from memlora.export.executorch_quant import check_quant
+from memlora.export.target import check_request, load
 from memlora.export.lora import fill_slots, load_adapters, unify_slots
 from memlora.generate import GenerationConfig, generate
 from memlora.runtime.executorch_backend import BASE_METHOD, ExecuTorchBackend, from_bundle, target_routes
@@ -123,7 +124,7 @@ def test_portable_linear_and_weight_only_are_refused(tiny_model):
     with pytest.raises(MemloraError, match="outside XNNPACK"):
         ee.delegation(edge, BASE_METHOD)
     with pytest.raises(MemloraError, match="wrong logits"):
-        check_quant("int4-weight-only")
+        check_request(load("executorch"), TargetRequest(tiny_model, {}, "separable", "int4-weight-only", 32, CTX))
 
 
 def test_switching_adapters_matches_fresh_programs(et_bundle, tiny_model, adapters):

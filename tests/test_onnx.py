@@ -11,7 +11,8 @@ import torch
 from transformers import AutoTokenizer
 
 from memlora.export import onnx_export
-from memlora.export.bundle import TargetRequest, load_bundle
+from memlora.export.bundle import load_bundle
+from memlora.export.target import MODES, TargetRequest
 from memlora.export.decoder import Decoder, DecoderConfig
 from memlora.export.lora import fill_slots, load_adapters, unify_slots
 from memlora.generate import GenerationConfig, generate
@@ -45,7 +46,7 @@ def exported(tiny_model, adapters, tmp_path_factory):
     mp.setattr(onnx_export, "export_graph", export_once)
     out = {}
     try:
-        for mode in onnx_export.MODES:
+        for mode in MODES:
             for quant in onnx_export.QUANTS:
                 root = tmp_path_factory.mktemp(f"onnx-{mode}-{quant}")
                 req = TargetRequest(tiny_model, adapters, mode, quant, 32, CTX)
@@ -74,7 +75,7 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
 
 
 @pytest.mark.parametrize("quant", onnx_export.QUANTS)
-@pytest.mark.parametrize("mode", onnx_export.MODES)
+@pytest.mark.parametrize("mode", MODES)
 def test_export_load_run(exported, tiny_model, adapters, mode, quant):
     backend = open_backend(exported, mode, quant)
     assert set(backend.adapters) == set(adapters) and backend.max_context == CTX

@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 from memlora.errors import MemloraError
 from memlora.export.bundle import MANIFEST, checksums, load_bundle
 from memlora.prompts import Memory
+from memlora.recipe import QuantRecipe
 from memlora.runtime.parity import prompts as golden_set
 from memlora.runtime.parity.run import run_parity
 from memlora.runtime.parity.targets import Target
@@ -232,9 +233,9 @@ def test_executorch_weight_only_program_fails_and_is_localised(onnx_bundle, tiny
         steps = [[h[0, -1].numpy() for h in debug(t, i)[1:]] for i, t in enumerate(tokens)]
         return [np.stack(layer) for layer in zip(*steps)]
 
-    target = Target("executorch", _EtBackend(_Program(pte), ctx), "int8",
-                    {"scheme": "int8", "bits": 8, "block_size": None, "weights": "torchao IntxWeightOnlyConfig"},
-                    probe=probe)
+    recipe = QuantRecipe("int8", op="torchao IntxWeightOnlyConfig -> XNNPACK", weights="linear", bits=8,
+                         scale_rule="half_range", lm_head=True)
+    target = Target("executorch", _EtBackend(_Program(pte), ctx), recipe, probe=probe)
     report = run_parity(onnx_bundle, tiny_model, taught_adapters, target_names=[], extra_targets=[target],
                         quick=True, task=False)
     t = report["targets"]["executorch"]

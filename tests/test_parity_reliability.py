@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from memlora.cli import app
 from memlora.errors import MemloraError
 from memlora.export.bundle import MANIFEST, checksums
+from memlora.recipe import QuantRecipe
 from memlora.runtime.parity.run import run_parity
 from memlora.runtime.parity.targets import Target
 from memlora.runtime.parity.thresholds import TRACE_METRICS, check, load_thresholds, lookup
@@ -185,7 +186,8 @@ def test_a_target_not_run_at_task_level_fails_whatever_its_limits(onnx_bundle, t
 
     backend, _ = open_backend("onnx", onnx_bundle)
     backend.adapters = ("extract",)
-    target = Target("extract-only", backend, "int4", {"scheme": "fp32"})
+    target = Target("extract-only", backend, QuantRecipe("int4", op="MatMulNBits", weights="linear", bits=4,
+                                                         block_size=32, scale_rule="max_to_min"))
     report = run_parity(onnx_bundle, tiny_model, taught_adapters, target_names=[], extra_targets=[target], quick=True)
     t = report["targets"]["extract-only"]
     assert t["token"]["top1_agreement"] == 1.0 and not t["passed"] and not report["passed"]

@@ -387,7 +387,7 @@ def test_a_damaged_store_is_refused_on_open_not_mid_read(damage, tmp_path):
     ("--block-size", 0, "--block-size 0: must be a power of two"),
     ("--block-size", 48, "--block-size 48: must be a power of two"),
     ("--max-context", 0, "--max-context 0: must be a positive number"),
-    ("--target", ",", "unknown target ''"),
+    ("--target", ",", "no target given"),
 ])
 def test_export_settings_are_checked_before_any_work(option, value, message, tiny_model, tiny_adapters, tmp_path):
     code, so, se = cli("export", "--model", tiny_model, "--adapters", tiny_adapters, "--quant", "int4",

@@ -7,12 +7,13 @@ import statistics
 
 from pathlib import Path
 
+from memlora.recipe import QuantRecipe
+
 from . import bandwidth
 from .measure import BENCH_ADAPTER, BenchConfig
 
 FIGURES = ("decode_tok_s", "prefill_tok_s", "ttft_ms")
 PRECISION_CLASS = {"fp32": "fp32", "int8": "int8", "int4": "int4", "bf16": "bf16"}
-EMBED_BYTES = {"fp32": 4, "fp16": 2, "int8": 1}
 
 
 def first_divergence(tokens: list[int], reference: list[int]) -> int | None:
@@ -78,7 +79,8 @@ def bytes_per_token(art: dict, adapter: str, kv_bytes: float, model_cfg: dict) -
     graph = entry["graphs"].get(adapter) or next(iter(entry["graphs"].values()))
     data = set(entry.get("data_files", {}).values())
     files = [f for f in entry["files"] if f == graph or f.startswith(graph + "/") or f in data]
-    embed = model_cfg["vocab_size"] * model_cfg["hidden_size"] * EMBED_BYTES[entry["quantization"].get("embedding", "fp32")]
+    recipe = QuantRecipe.from_json(entry["quantization"], f"{root}: {art['target']}")
+    embed = model_cfg["vocab_size"] * model_cfg["hidden_size"] * recipe.embedding_bits // 8
     unread = embed - embed // model_cfg["vocab_size"]
     if adapter not in entry["graphs"]:
         from memlora.export.bundle import load_bundle

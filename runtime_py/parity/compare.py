@@ -6,13 +6,12 @@ reference's greedy output -- folding each block of logits into the metrics as so
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
-
-import numpy as np
+from dataclasses import dataclass, field, replace
 
 from memlora.backend import Backend
 from memlora.generate import GenerationConfig, generate
 from memlora.prompts import MAX_NEW_TOKENS, STOP
+from memlora.recipe import QuantRecipe
 
 from .prompts import GoldenPrompt
 from .reference import DecoderReference
@@ -124,6 +123,6 @@ def run_golden(reference: Backend, decoders: dict[str, DecoderReference], target
     return runs, quant
 
 
-def recipe_key(recipe: dict) -> str:
-    """Targets with the same quantization recipe share one decoder reference."""
-    return repr(sorted((k, repr(v)) for k, v in recipe.items() if k != "scope"))
+def recipe_key(recipe: QuantRecipe) -> QuantRecipe:
+    """Targets whose recipes have the same numerics share one decoder reference (op and notes only describe)."""
+    return replace(recipe, op="", notes="")

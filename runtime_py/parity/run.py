@@ -16,6 +16,7 @@ from memlora.errors import MemloraError
 from memlora.export.bundle import Bundle, load_bundle
 from memlora.export.decoder import DecoderConfig
 from memlora.export.lora import Adapter, load_adapters
+from memlora.recipe import QuantRecipe
 
 from . import prompts as golden_set
 from .compare import CHUNK, recipe_key, run_golden
@@ -108,11 +109,11 @@ def run_parity(
     tokenizer = load_tokenizer(bundle.path / "tokenizer")
     progress("load fp32 reference (transformers+peft)")
     reference = fp32_reference(Path(model_dir), Path(adapters_dir))
-    decoders: dict[str, DecoderReference] = {}
+    decoders: dict[QuantRecipe, DecoderReference] = {}
     for t in targets:
         key = recipe_key(t.recipe)
         if key not in decoders:
-            progress(f"build decoder reference ({t.recipe.get('scheme')})")
+            progress(f"build decoder reference ({t.recipe.scheme})")
             decoders[key] = DecoderReference(Path(model_dir), adapters, t.recipe, config.max_context)
     decode_tokens = DECODE_TOKENS["quick" if quick else "full"]
     context = min([reference.max_context, config.max_context, *(t.backend.max_context for t in targets)])
@@ -135,7 +136,7 @@ def run_parity(
         s = runs[t.name].summary()
         key = recipe_key(t.recipe)
         entry = {
-            "precision": t.precision, "mode": t.mode, "recipe": t.recipe,
+            "precision": t.precision, "mode": t.mode, "recipe": t.recipe.to_json(),
             "tensor": s["tensor"], "tensor_by_phase": s["tensor_by_phase"], "token": s["token"],
             "task": None,
             "gap": {"quantization": quant[key].gap(), "conversion": s["conversion"],
@@ -168,7 +169,7 @@ def run_parity(
     if records is not None:
         progress(f"replay device traces {trace}")
         for backend, result in check_traces(Path(trace), records, reference).items():
-            precision = bundle.manifest["targets"].get(backend, {}).get("quantization", {}).get("scheme", "fp32")
+            precision = bundle.recipe(backend).scheme if backend in bundle.manifest["targets"] else "fp32"
             failures = judge(result, thresholds, backend, precision, TRACE_METRICS)
             report_traces[backend] = {**result, "precision": precision, "failures": failures, "passed": not failures}
 

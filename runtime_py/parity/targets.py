@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from memlora.backend import Backend
 from memlora.export.bundle import Bundle
+from memlora.recipe import QuantRecipe
 
 from .localise import HiddenProbe
 
@@ -20,12 +21,16 @@ from .localise import HiddenProbe
 class Target:
     name: str
     backend: Backend
-    precision: str
-    recipe: dict
+    recipe: QuantRecipe
     mode: str = "separable"
     size_bytes: int | None = None
     probe: HiddenProbe | None = None
     files: list[str] = field(default_factory=list)
+
+    @property
+    def precision(self) -> str:
+        """The scheme thresholds are keyed by."""
+        return self.recipe.scheme
 
 
 def _probe(name: str, bundle: Bundle, entry: dict) -> HiddenProbe | None:
@@ -50,8 +55,7 @@ def open_target(bundle: Bundle, name: str) -> Target:
     return Target(
         name=name,
         backend=backend,
-        precision=entry["quantization"]["scheme"],
-        recipe=entry["quantization"],
+        recipe=bundle.recipe(name),
         mode=entry["mode"],
         size_bytes=sum((bundle.path / f).stat().st_size for f in files),
         probe=_probe(name, bundle, entry),

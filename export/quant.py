@@ -1,0 +1,167 @@
+"""Quantize-dequantize in torch, as each runtime stores weights and quantizes activations, read from a
+`QuantRecipe`. One implementation serves the Core ML exporter (whose compression the decoder must match) and
+parity's decoder reference (which isolates conversion error from quantization error on every target).
+"""
+
+from __future__ import annotations
+
+import types
+
+import numpy as np
+import torch
+from torch import nn
+
+from memlora.recipe import QuantRecipe
+
+from .decoder import Decoder, LoraLinear
+
+TINY = torch.finfo(torch.float32).smallest_normal
+"""The smallest scale torchao allows (its default eps), so an all-zero block quantizes to zeros."""
+
+
+def _blocks(w: torch.Tensor, block: int | None) -> tuple[torch.Tensor, int]:
+    """`w` [out, in] as [out, n_blocks, block], the last block zero-padded; and the original width."""
+    k = w.shape[1]
+    size = block or k
+    return nn.functional.pad(w, (0, (-k) % size)).view(w.shape[0], -1, size), k
+
+
+def linear(w: torch.Tensor, bits: int, block: int | None, rule: str, fp16: bool = False) -> torch.Tensor:
+    """Symmetric blockwise (``block`` None: per output channel) quantize-dequantize of `w` [out, in] along
+    its input axis, with the scale rule of `memlora.recipe.ScaleRule`; `fp16`: weights, scales and products
+    are fp16 values, as a Core ML program holds them."""
+    lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    half = (lambda t: t.half().float()) if fp16 else (lambda t: t)
+    blocks, k = _blocks(half(w.float()), block)
+    amax = blocks.abs().amax(-1, keepdim=True)
+    if rule == "max_to_min":  # the signed value of largest magnitude maps to lo exactly
+        scale = blocks.gather(-1, blocks.abs().argmax(-1, keepdim=True)) / lo
+    elif rule == "restricted":
+        scale, lo = amax / hi, -hi
+    elif rule == "half_range":  # torchao's choose_qparams_affine / quantize_affine, SYMMETRIC
+        scale = torch.clamp(amax / ((hi - lo) / 2), min=TINY)
+        return (torch.clamp(torch.round(blocks * (1.0 / scale)), lo, hi) * scale).reshape(w.shape[0], -1)[:, :k]
+    else:
+        raise ValueError(f"unknown scale rule {rule!r}")
+    scale = half(scale)
+    safe = torch.where(scale == 0, torch.ones_like(scale), scale)
+    q = torch.clamp(torch.round(half(blocks / safe)), lo, hi)
+    return half(q * scale).reshape(w.shape[0], -1)[:, :k].contiguous()
+
+
+def palettize_group(values: np.ndarray, bits: int, iterations: int = 25) -> tuple[np.ndarray, np.ndarray]:
+    """A deterministic 1-D k-means on the fp16 values of one group: (lut [2^bits] fp16, indices uint8).
+
+    Starts from equal-count segments of the sorted values and runs Lloyd steps on the sorted array
+    (cluster boundaries are midpoints between centroids), so it needs no random seed and no scikit-learn.
+    """
+    order = np.sort(values.reshape(-1).astype(np.float64))
+    n, k = order.size, 2**bits
+    prefix = np.concatenate([[0.0], np.cumsum(order)])
+    cuts = np.linspace(0, n, k + 1).round().astype(int)
+    centroids = order[np.minimum(cuts[:-1], n - 1)]
+    for _ in range(iterations):
+        counts = np.diff(cuts)
+        sums = prefix[cuts[1:]] - prefix[cuts[:-1]]
+        centroids = np.maximum.accumulate(np.where(counts > 0, sums / np.maximum(counts, 1), centroids))
+        bounds = np.searchsorted(order, (centroids[1:] + centroids[:-1]) / 2, side="right")
+        new_cuts = np.concatenate([[0], bounds, [n]])
+        if np.array_equal(new_cuts, cuts):
+            break
+        cuts = new_cuts
+    lut = centroids.astype(np.float16)
+    indices = np.abs(values.reshape(-1, 1).astype(np.float32) - lut.astype(np.float32)[None]).argmin(1)
+    return lut, indices.astype(np.uint8).reshape(values.shape)
+
+
+def palettize(w: torch.Tensor, bits: int, group: int) -> torch.Tensor:
+    """`w` [out, in] with each group of `group` output channels replaced by its 2^bits-entry table's values."""
+    values = w.to(torch.float16).numpy()
+    out = np.empty_like(values)
+    for g in range(0, values.shape[0], group):
+        lut, idx = palettize_group(values[g : g + group], bits)
+        out[g : g + group] = lut[idx]
+    return torch.from_numpy(out.astype(np.float32))
+
+
+def quantizable(recipe: QuantRecipe, shape: tuple[int, ...]) -> bool:
+    """Whether the runtime quantizes a weight of `shape` [out, in]; with ``uneven == "skip"`` one whose axis
+    the blocks (linear: inputs; palette: output channels) do not tile stays float."""
+    if recipe.weights == "float":
+        return False
+    if recipe.uneven == "pad" or recipe.block_size is None:
+        return True
+    axis = 0 if recipe.weights == "palette" else 1
+    return shape[axis] % recipe.block_size == 0
+
+
+def weight(w: torch.Tensor, recipe: QuantRecipe) -> torch.Tensor:
+    """`w` as the runtime stores it, dequantized (float32)."""
+    fp16 = recipe.compute == "fp16"
+    if not quantizable(recipe, tuple(w.shape)):
+        return w.half().float() if fp16 else w
+    if recipe.weights == "palette":
+        return palettize(w, recipe.bits, recipe.block_size)
+    return linear(w, recipe.bits, recipe.block_size, recipe.scale_rule, fp16)
+
+
+def activation(x: torch.Tensor, recipe: QuantRecipe) -> torch.Tensor:
+    """`x` as the quantized matmul's kernel sees it (dynamic int8, or unchanged)."""
+    if recipe.activations == "int8_block":
+        k, size = x.shape[-1], recipe.act_block
+        blocks = nn.functional.pad(x, (0, (-k) % size)).unflatten(-1, (-1, size))
+        scale = blocks.abs().amax(-1, keepdim=True) / 127
+        scale = torch.where(scale == 0, torch.ones_like(scale), scale)
+        return (torch.clamp(torch.round(blocks / scale), -127, 127) * scale).flatten(-2)[..., :k]
+    if recipe.activations == "int8_token_asym":  # torchao's choose_qparams_affine, ASYMMETRIC, per token
+        lo, hi = torch.clamp(x.amin(-1, keepdim=True), max=0), torch.clamp(x.amax(-1, keepdim=True), min=0)
+        scale = torch.clamp((hi - lo) / 255, min=TINY)
+        zero = torch.clamp(-128 - torch.round(lo / scale), -128, 127)
+        return (torch.clamp(torch.round(x * (1.0 / scale)) + zero, -128, 127) - zero) * scale
+    return x
+
+
+def _quantized_forward(recipe: QuantRecipe):
+    def forward(self: LoraLinear, x: torch.Tensor) -> torch.Tensor:
+        y = nn.functional.linear(activation(x, recipe), self.weight, self.bias)
+        if self.rank:  # the LoRA branch stays float on the float input, as in the exported programs
+            y = y + self.lora(x)
+        return y
+
+    return forward
+
+
+@torch.no_grad()
+def quantize_decoder(decoder: Decoder, recipe: QuantRecipe) -> None:
+    """Apply `recipe` to `decoder` in place: base projections, token embedding and output head as the
+    runtime stores them, dynamic activation quantization in front of each quantized matmul, and (fp16
+    compute) every other parameter rounded to fp16."""
+    if recipe.weights == "float" and recipe.compute == "fp32" and recipe.embedding == "float":
+        return
+    if recipe.compute == "fp16":
+        for p in decoder.parameters():
+            p.copy_(p.half().float())
+    embed = decoder.embed_tokens.weight
+    original = embed.detach().clone()
+    for module in decoder.modules():
+        if isinstance(module, LoraLinear) and recipe.weights != "float":
+            quantized = quantizable(recipe, tuple(module.weight.shape))
+            module.weight.copy_(weight(module.weight, recipe))
+            if quantized and recipe.activations != "float":
+                module.forward = types.MethodType(_quantized_forward(recipe), module)
+    if recipe.embedding == "as_weights":
+        embed.copy_(weight(embed, recipe))
+    elif recipe.embedding == "int8_row":
+        embed.copy_(linear(embed, 8, None, "half_range"))
+    if not recipe.lm_head:
+        return
+    tied = decoder.config.tie_embeddings
+    if tied and recipe.embedding == "as_weights":
+        head_w = embed  # one tensor in the program: quantized once, above
+    else:
+        head_w = weight(original if tied else decoder.lm_head.weight, recipe)
+
+    def head(x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.linear(activation(decoder.norm(x), recipe), head_w)
+
+    decoder.head = head

@@ -1,0 +1,84 @@
+"""The one interface every target exporter implements, and the one place an export request is checked.
+
+A target module (`onnx_export`, `executorch_export`, `coreml_export`) defines ``EXPORTER = Exporter(...)``:
+its name, the modes and quants it accepts, the `QuantRecipe` a request gets, and ``export(request, dir,
+stage)`` which writes ``dir/<target>/`` and returns the rest of its manifest entry. `check_request` runs for
+every target before any is built, so a refused combination costs no export time; the recipe a request gets
+is also what parity simulates and what the release matrix enumerates.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+from memlora.errors import MemloraError
+from memlora.recipe import QuantRecipe
+
+if TYPE_CHECKING:  # the request names adapters; loading them needs torch
+    from .lora import Adapter
+
+Stage = Callable[[str], None]
+MODES = ("merged", "separable")
+TARGETS = {
+    "onnx": "memlora.export.onnx_export",
+    "executorch": "memlora.export.executorch_export",
+    "coreml": "memlora.export.coreml_export",
+}
+
+
+@dataclass(frozen=True)
+class TargetRequest:
+    """What every target exporter gets: the model, its adapters, and the user's export options."""
+
+    model_dir: Path
+    adapters: dict[str, Adapter]
+    mode: str
+    quant: str
+    block_size: int
+    max_context: int
+    embedding_int8: bool = False
+    """int8 weight-only token embeddings (targets whose `Exporter.options` list it)."""
+
+
+@dataclass(frozen=True)
+class Exporter:
+    name: str
+    label: str
+    """How messages name the target (``ONNX``, ``Core ML``)."""
+    quants: tuple[str, ...]
+    recipe: Callable[[TargetRequest], QuantRecipe]
+    export: Callable[[TargetRequest, Path, Stage], dict]
+    modes: tuple[str, ...] = MODES
+    refused: dict[str, str] = field(default_factory=dict)
+    """Quants a user may expect, with why this target refuses them."""
+    options: frozenset[str] = frozenset()
+    """Optional request fields it honours (``embedding_int8``); set on a target without them is an error."""
+    check: Callable[[TargetRequest], str | None] = lambda req: None
+    """Target-specific refusals (e.g. a reserved adapter name): the problem, or None."""
+
+
+def load(name: str) -> Exporter:
+    if name not in TARGETS:
+        raise MemloraError(f"unknown target {name!r}; choose from {', '.join(TARGETS)}")
+    return importlib.import_module(TARGETS[name]).EXPORTER
+
+
+def check_request(exporter: Exporter, req: TargetRequest) -> None:
+    """Refuse, in one message style, a request `exporter` cannot export."""
+    def fail(problem: str) -> MemloraError:
+        return MemloraError(f"{exporter.label} export: {problem}")
+
+    if req.mode not in exporter.modes:
+        raise fail(f"--mode {req.mode} is not supported (choose from {', '.join(exporter.modes)})")
+    if req.quant in exporter.refused:
+        raise fail(f"--quant {req.quant} is refused: {exporter.refused[req.quant]}")
+    if req.quant not in exporter.quants:
+        raise fail(f"--quant {req.quant} is not supported (choose from {', '.join(exporter.quants)})")
+    if req.embedding_int8 and "embedding_int8" not in exporter.options:
+        raise fail("--embedding-int8 is not supported (only targets that quantize the embedding table alone take it)")
+    problem = exporter.check(req)
+    if problem:
+        raise fail(problem)

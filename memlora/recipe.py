@@ -1,0 +1,117 @@
+"""The quantization recipe of one exported target, typed: what its base weights, activations and embeddings
+become, and the runtime op that computes with them.
+
+Each exporter states its recipe as a `QuantRecipe` (`memlora.export.target.Exporter.recipe`); the bundle
+manifest carries it (`to_json`, validated by the manifest schema); parity simulates it field by field in torch
+and picks its limits by `scheme`; bench counts the bytes a decode step reads from `weight_bits` and
+`embedding_bits`. Nothing reads a recipe by matching strings: a new runtime's numerics are a new field value.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from functools import cache
+from typing import Literal, get_args, get_origin, get_type_hints
+
+from memlora.errors import MemloraError
+
+Scheme = Literal["fp32", "fp16", "int8", "int4", "pal4"]
+"""The precision a user asks for (`--quant`) and thresholds are keyed by."""
+Weights = Literal["float", "linear", "palette"]
+"""How base weights are stored: floats, integer codes times a scale, or indices into a lookup table."""
+ScaleRule = Literal["none", "max_to_min", "restricted", "half_range"]
+"""How a linear block's scale is chosen (all symmetric, no zero point):
+``max_to_min``: the value of largest magnitude maps to the most negative code -2^(b-1) (onnxruntime MLAS);
+``restricted``: max |w| maps to 2^(b-1)-1 and codes stay within +-(2^(b-1)-1) (coremltools);
+``half_range``: scale = max |w| / ((2^b - 1) / 2), codes clamped to [-2^(b-1), 2^(b-1)-1] (torchao)."""
+Activations = Literal["float", "int8_block", "int8_token_asym"]
+"""Dynamic activation quantization in front of a quantized matmul: none; symmetric int8 per block of
+`act_block` inputs (MatMulNBits accuracy level 4); asymmetric int8 per token (torchao 8da)."""
+Uneven = Literal["pad", "skip"]
+"""A weight whose axis the blocks do not tile: quantized with a zero-padded last block, or left in float."""
+Embedding = Literal["float", "as_weights", "int8_row"]
+"""The token embedding table: compute-precision floats; quantized like the base weights; int8 weight-only with
+one half-range scale per row."""
+
+COMPUTE_BITS = {"fp32": 32, "fp16": 16}
+
+
+@dataclass(frozen=True)
+class QuantRecipe:
+    scheme: Scheme
+    op: str
+    """What the quantized matmul lowers to in the runtime (for people; never interpreted)."""
+    compute: Literal["fp32", "fp16"] = "fp32"
+    weights: Weights = "float"
+    bits: int | None = None
+    """Bits per weight code (linear) or table index (palette); None for float weights."""
+    block_size: int | None = None
+    """linear: inputs sharing one scale (None: one scale per output channel); palette: output channels sharing
+    one table."""
+    scale_rule: ScaleRule = "none"
+    symmetric: bool = True
+    uneven: Uneven = "pad"
+    activations: Activations = "float"
+    act_block: int | None = None
+    lm_head: bool = False
+    """The output head is quantized as the base projections are (a copy when embeddings are tied)."""
+    embedding: Embedding = "float"
+    notes: str = ""
+
+    def __post_init__(self) -> None:
+        problem = self._problem()
+        if problem:
+            raise ValueError(f"quantization recipe {self.scheme}: {problem}")
+
+    def _problem(self) -> str | None:
+        for name, allowed in _choices().items():
+            if getattr(self, name) not in allowed:
+                return f"{name} {getattr(self, name)!r} is not one of {', '.join(allowed)}"
+        if self.weights == "float":
+            if self.bits is not None or self.block_size is not None or self.scale_rule != "none":
+                return "float weights take no bits, block size or scale rule"
+            if self.activations != "float" or self.lm_head or self.embedding == "as_weights":
+                return "float weights leave activations, head and embedding in float"
+        elif self.bits not in (2, 3, 4, 6, 8):
+            return f"bits {self.bits!r}: a quantized recipe stores 2-8 bit codes"
+        if self.weights == "linear" and self.scale_rule == "none":
+            return "linear weights need a scale rule"
+        if self.weights == "palette" and (self.block_size is None or self.scale_rule != "none"):
+            return "a palette needs a group size (block_size) and no scale rule"
+        if (self.activations == "int8_block") != (self.act_block is not None):
+            return "act_block is set exactly when activations are int8_block"
+        return None
+
+    @property
+    def weight_bits(self) -> int:
+        """Bits a stored base weight takes (codes only, scales and tables not counted)."""
+        return self.bits if self.bits is not None else COMPUTE_BITS[self.compute]
+
+    @property
+    def embedding_bits(self) -> int:
+        """Bits a stored token-embedding weight takes (a decode step reads one row)."""
+        return {"float": COMPUTE_BITS[self.compute], "as_weights": self.weight_bits, "int8_row": 8}[self.embedding]
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: object, where: str) -> QuantRecipe:
+        """The recipe a manifest holds; anything else is one error naming `where` (the manifest's path)."""
+        if not isinstance(data, dict):
+            raise MemloraError(f"{where}: quantization recipe is not an object")
+        names = {f.name for f in fields(cls)}
+        unknown, missing = sorted(set(data) - names), sorted(names - set(data))
+        if unknown or missing:
+            raise MemloraError(f"{where}: quantization recipe has {'unknown ' + str(unknown) if unknown else ''}"
+                               f"{' and ' if unknown and missing else ''}{'no ' + str(missing) if missing else ''}")
+        try:
+            return cls(**data)
+        except (TypeError, ValueError) as e:
+            raise MemloraError(f"{where}: {e}") from e
+
+
+@cache
+def _choices() -> dict[str, tuple[str, ...]]:
+    """The allowed values of every Literal-typed field (also what the manifest schema enumerates)."""
+    return {n: get_args(t) for n, t in get_type_hints(QuantRecipe).items() if get_origin(t) is Literal}

@@ -1,0 +1,159 @@
+"""The typed quantization recipe, the exporter interface that states it, and the simulation parity runs of it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import jsonschema
+import pytest
+import torch
+
+from memlora.errors import MemloraError
+from memlora.export import quant
+from memlora.export import target as exporters
+from memlora.export.bundle import MANIFEST, SCHEMA_PATH, load_bundle, read_manifest, recognise_bundle
+from memlora.export.target import TargetRequest, check_request
+from memlora.recipe import QuantRecipe, _choices
+
+
+def request(mode: str = "separable", quant_: str = "fp32", adapters=None, embedding_int8: bool = False) -> TargetRequest:
+    return TargetRequest(None, adapters or {}, mode, quant_, 32, 64, embedding_int8)
+
+
+def every_recipe():
+    for name in exporters.TARGETS:
+        exporter = exporters.load(name)
+        for mode in exporter.modes:
+            for q in exporter.quants:
+                yield name, mode, q, exporter.recipe(request(mode, q))
+
+
+def test_every_accepted_combination_has_a_recipe_the_schema_validates_and_json_round_trips():
+    schema = json.loads(SCHEMA_PATH.read_text())
+    recipe_schema = {**schema["$defs"]["quant_recipe"], "$defs": schema["$defs"]}
+    seen = set()
+    for name, mode, q, recipe in every_recipe():
+        jsonschema.validate(recipe.to_json(), recipe_schema)
+        assert QuantRecipe.from_json(recipe.to_json(), "m") == recipe
+        seen.add((name, recipe.scheme))
+    assert seen == {(t, s) for t in ("onnx", "executorch") for s in ("fp32", "int8", "int4")} | \
+        {("coreml", s) for s in ("fp16", "int8", "int4", "pal4")}
+
+
+def test_the_schema_enumerates_exactly_the_recipe_choices():
+    props = json.loads(SCHEMA_PATH.read_text())["$defs"]["quant_recipe"]["properties"]
+    assert {k: tuple(v["enum"]) for k, v in props.items() if "enum" in v} == _choices()
+    assert set(json.loads(SCHEMA_PATH.read_text())["$defs"]["quant_recipe"]["required"]) == set(QuantRecipe.__dataclass_fields__)
+
+
+@pytest.mark.parametrize("fields, problem", [
+    ({"scheme": "int4", "weights": "linear", "bits": 5, "scale_rule": "max_to_min"}, "2-8 bit codes"),
+    ({"scheme": "fp32", "bits": 8}, "float weights take no bits"),
+    ({"scheme": "int8", "weights": "linear", "bits": 8, "scale_rule": "none"}, "need a scale rule"),
+    ({"scheme": "int8", "weights": "linear", "bits": 8, "scale_rule": "restricted", "activations": "int8_block"},
+     "act_block is set exactly"),
+    ({"scheme": "pal4", "weights": "palette", "bits": 4}, "a palette needs a group size"),
+    ({"scheme": "int3"}, "scheme 'int3' is not one of"),
+])
+def test_an_inconsistent_recipe_is_refused(fields, problem):
+    with pytest.raises(ValueError, match=problem):
+        QuantRecipe(op="x", **fields)
+
+
+def test_a_manifest_recipe_with_unknown_or_missing_fields_names_the_file():
+    good = QuantRecipe("fp32", op="MatMul").to_json()
+    with pytest.raises(MemloraError, match=r"^B/manifest.json: quantization recipe has unknown \['group_size'\]"):
+        QuantRecipe.from_json({**good, "group_size": 32}, "B/manifest.json")
+    with pytest.raises(MemloraError, match=r"no \['op'\]"):
+        QuantRecipe.from_json({k: v for k, v in good.items() if k != "op"}, "B/manifest.json")
+    with pytest.raises(MemloraError, match="B/manifest.json: quantization recipe fp32: float weights take no bits"):
+        QuantRecipe.from_json({**good, "bits": 4}, "B/manifest.json")
+
+
+@pytest.mark.parametrize("name, req, message", [
+    ("onnx", request("fused"), "ONNX export: --mode fused is not supported (choose from merged, separable)"),
+    ("onnx", request(quant_="pal4"), "ONNX export: --quant pal4 is not supported (choose from fp32, int8, int4)"),
+    ("executorch", request(quant_="fp16"), "ExecuTorch export: --quant fp16 is not supported (choose from fp32, int8, int4)"),
+    ("executorch", request(quant_="int8-weight-only"), "ExecuTorch export: --quant int8-weight-only is refused: "
+     "weight-only linear quantization"),
+    ("coreml", request(quant_="int2"), "Core ML export: --quant int2 is not supported (choose from fp16, fp32, int8, int4, pal4)"),
+    ("coreml", request(adapters={"base": None}), "Core ML export: an adapter may not be named 'base'"),
+    ("onnx", request(embedding_int8=True), "ONNX export: --embedding-int8 is not supported"),
+    ("coreml", request(embedding_int8=True), "Core ML export: --embedding-int8 is not supported"),
+])
+def test_one_check_refuses_what_a_target_cannot_export_in_one_style(name, req, message):
+    with pytest.raises(MemloraError) as info:
+        check_request(exporters.load(name), req)
+    assert str(info.value).startswith(message), str(info.value)
+
+
+def test_every_exporter_accepts_what_it_lists():
+    for name, mode, q, _ in every_recipe():
+        check_request(exporters.load(name), request(mode, q))
+    check_request(exporters.load("executorch"), request(embedding_int8=True))
+    assert exporters.load("executorch").recipe(request(embedding_int8=True)).embedding_bits == 8
+
+
+def test_bytes_a_step_reads_come_from_the_recipe():
+    onnx_int4 = exporters.load("onnx").recipe(request(quant_="int4"))
+    coreml_pal4 = exporters.load("coreml").recipe(request(quant_="pal4"))
+    coreml_fp16 = exporters.load("coreml").recipe(request(quant_="fp32"))
+    assert (onnx_int4.weight_bits, onnx_int4.embedding_bits) == (4, 32)  # the Gather stays float
+    assert (coreml_pal4.weight_bits, coreml_pal4.embedding_bits) == (4, 4)
+    assert (coreml_fp16.scheme, coreml_fp16.weight_bits, coreml_fp16.embedding_bits) == ("fp16", 16, 16)
+
+
+# -- the simulation against the libraries that define the numerics -----------------------------------------
+
+@pytest.mark.parametrize("bits, group", [(8, None), (4, 32)])
+def test_the_torchao_simulation_reproduces_torchao_8da(bits, group):
+    """`half_range` weights and per-token asymmetric int8 activations are torchao's numerics, bit for bit (up to
+    fp32 summation order) -- what the ExecuTorch exporter hands XNNPACK."""
+    from torchao.quantization import Int8DynamicActivationIntxWeightConfig, quantize_
+    from torchao.quantization.granularity import PerAxis, PerGroup
+
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(64, 48, bias=False)
+    w = lin.weight.detach().clone()
+    x = torch.randn(5, 64) * 3
+    config = Int8DynamicActivationIntxWeightConfig(weight_dtype=getattr(torch, f"int{bits}"),
+                                                   weight_granularity=PerGroup(group) if group else PerAxis(0))
+    quantize_(lin, config)
+    recipe = exporters.load("executorch").recipe(request(quant_=f"int{bits}"))
+    with torch.no_grad():
+        expected = lin(x)
+        simulated = torch.nn.functional.linear(quant.activation(x, recipe), quant.weight(w, recipe))
+    assert torch.allclose(simulated, expected, atol=1e-4, rtol=1e-5), (simulated - expected).abs().max()
+
+
+# Core ML's recipes are checked against coremltools' own compression end to end: test_coreml.py runs each
+# compressed program next to the decoder with `quant.quantize_decoder` applied.
+
+
+# -- bundles of memlora 0.2 --------------------------------------------------------------------------------
+
+def as_old_bundle(onnx_bundle, tmp_path):
+    old = tmp_path / "old"
+    shutil.copytree(onnx_bundle, old)
+    manifest = json.loads((old / MANIFEST).read_text())
+    manifest["schema_version"] = "memlora-bundle/1"
+    manifest["targets"]["onnx"]["quantization"] = {"scheme": "fp32"}
+    (old / MANIFEST).write_text(json.dumps(manifest))
+    return old
+
+
+def test_a_bundle_of_memlora_0_2_is_refused_with_how_to_re_export_it(onnx_bundle, tmp_path):
+    old = as_old_bundle(onnx_bundle, tmp_path)
+    with pytest.raises(MemloraError, match=r"a bundle of memlora 0\.2 \(memlora-bundle/1\).*re-export it with "
+                                           rf"`memlora export \.\.\. --out {old}`"):
+        load_bundle(old)
+    with pytest.raises(MemloraError, match="memlora 0.2"):
+        read_manifest(old)
+
+
+def test_export_replaces_a_bundle_of_memlora_0_2_but_not_one_with_foreign_files(onnx_bundle, tmp_path):
+    old = as_old_bundle(onnx_bundle, tmp_path)
+    assert recognise_bundle(old) is None
+    (old / "notes.txt").write_text("mine")
+    assert "notes.txt" in recognise_bundle(old)
