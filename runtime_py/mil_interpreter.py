@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Collection
 
 import numpy as np
 
@@ -78,6 +78,8 @@ class CompiledFunction:
     steps: list[Callable[[dict], None]]
     where: list[str]
     consts: dict[str, Any]
+    types: dict[str, TensorType]
+    """Every variable's declared type (inputs, states and op outputs), for reading intermediates."""
 
 
 class MILModel:
@@ -159,11 +161,18 @@ class MILModel:
             self._compiled[name] = self._compile(name)
         return self._compiled[name]
 
-    def _compile(self, fname: str) -> CompiledFunction:
+    def block(self, fname: str):
+        """The MIL block (the op list) of function `fname`, as saved in the spec."""
+        if fname not in self.program.functions:
+            raise MemloraError(f"{self.path}: no function '{fname}' (has {', '.join(self.functions)})")
         fn = self.program.functions[fname]
         if fn.opset not in fn.block_specializations:
             raise MemloraError(f"{self.spec_path}: function '{fname}' has no block for opset {fn.opset}")
-        block = fn.block_specializations[fn.opset]
+        return fn.block_specializations[fn.opset]
+
+    def _compile(self, fname: str) -> CompiledFunction:
+        fn = self.program.functions[fname]
+        block = self.block(fname)
         declared = {i.name: parse_type(i.type) for i in fn.inputs}
         inputs = {n: t for n, t in declared.items() if not t.state}
         states = {n: t for n, t in declared.items() if t.state}
@@ -224,7 +233,7 @@ class MILModel:
             where_list.append(where)
         outputs = {n: types[n] for n in block.outputs}
         out_consts = {n: self._materialize(consts[n], True) for n in block.outputs if n in consts}
-        return CompiledFunction(fname, inputs, states, outputs, steps, where_list, out_consts)
+        return CompiledFunction(fname, inputs, states, outputs, steps, where_list, out_consts, types)
 
     def _bind(self, v: Const | list[Const]) -> Any:
         if isinstance(v, list):
@@ -298,10 +307,17 @@ class MILModel:
         return {n: StateBox(np.zeros(t.shape, t.numpy)) for n, t in fn.states.items()}
 
     def predict(
-        self, inputs: dict[str, Any], state: dict[str, StateBox] | None = None, function: str | None = None
+        self, inputs: dict[str, Any], state: dict[str, StateBox] | None = None, function: str | None = None,
+        keep: Collection[str] = (),
     ) -> dict[str, np.ndarray]:
-        """Run `function` on `inputs`, reading and updating `state`; outputs in their declared dtypes."""
+        """Run `function` on `inputs`, reading and updating `state`; outputs in their declared dtypes.
+
+        `keep` names intermediate variables of the program to return as well (copies, in their declared
+        dtypes): what a device computed inside the program, for localising where it departs from a reference."""
         fn = self.function(function)
+        unknown = [n for n in keep if n not in fn.types]
+        if unknown:
+            raise MemloraError(f"{self.path}: function '{fn.name}' has no variable {unknown[0]!r}")
         env: dict[str, Any] = {}
         for name, t in fn.inputs.items():
             if name not in inputs:
@@ -320,7 +336,12 @@ class MILModel:
         except Exception as exc:
             raise MemloraError(f"{self.spec_path}: {fn.where[index]} failed: {exc}") from exc
         env.update(fn.consts)
-        return {n: np.asarray(env[n]).astype(storage_dtype(t)) for n, t in fn.outputs.items()}
+        folded = [n for n in keep if n not in env]
+        if folded:
+            raise MemloraError(f"{self.path}: variable {folded[0]!r} of function '{fn.name}' is a constant "
+                               "folded at load time, not computed by a run")
+        wanted = {**fn.outputs, **{n: fn.types[n] for n in keep}}
+        return {n: np.asarray(env[n]).astype(storage_dtype(t)) for n, t in wanted.items()}
 
 
 def _step(impl, bound: dict, var_args: list, out_names: list[str], coercers: list) -> Callable[[dict], None]:

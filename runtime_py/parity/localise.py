@@ -13,6 +13,8 @@ from typing import Callable
 
 import numpy as np
 
+from memlora.errors import MemloraError
+
 HiddenProbe = Callable[[list[int], "str | None"], list[np.ndarray]]
 """A target's debug view: ``probe(tokens, adapter)`` -> hidden states of a prefill from position 0."""
 
@@ -37,7 +39,15 @@ def localise(reference_probe: HiddenProbe, target_probe: HiddenProbe | None, tok
     """The first diverging state for a prefill of `tokens`, with every state's relative error."""
     if target_probe is None:
         return {"layer": None, "reason": "this target has no hidden-state probe"}
-    errors = relative_errors(reference_probe(tokens, adapter), target_probe(tokens, adapter))
+    try:
+        target = target_probe(tokens, adapter)
+    except MemloraError as e:  # e.g. a program whose structure hides the layer outputs: a reason, not a crash
+        return {"layer": None, "reason": f"the hidden-state probe failed: {e}"}
+    reference = reference_probe(tokens, adapter)
+    if len(target) != len(reference):  # e.g. a delegate spanning two layers shows only one of their outputs
+        return {"layer": None, "reason": f"the hidden-state probe read {len(target)} states, the reference has "
+                                         f"{len(reference)} (embeddings and each layer's output)"}
+    errors = relative_errors(reference, target)
     first = next((i for i, e in enumerate(errors) if e > tolerance), None)
     return {
         "layer": None if first is None else state_name(first),

@@ -14,7 +14,10 @@ from memlora.backend import Backend
 from memlora.export.bundle import Bundle
 from memlora.recipe import QuantRecipe
 
+from .coreml_probe import CoreMLHiddenProbe
+from .executorch_probe import ExecuTorchHiddenProbe
 from .localise import HiddenProbe
+from .onnx_probe import OnnxHiddenProbe
 
 
 @dataclass
@@ -34,14 +37,15 @@ class Target:
 
 
 def _probe(name: str, bundle: Bundle, entry: dict) -> HiddenProbe | None:
-    """The runtime's debug view, if it has one (ONNX: graphs with extra outputs)."""
-    if name != "onnx":
+    """The runtime's debug view, if it has one: ONNX graphs with extra outputs, the Core ML program's
+    intermediate variables in the MIL interpreter, the ExecuTorch program's delegate arguments in ETDump."""
+    makers = {"onnx": OnnxHiddenProbe, "coreml": CoreMLHiddenProbe, "executorch": ExecuTorchHiddenProbe}
+    if name not in makers:
         return None
-    from .onnx_probe import OnnxHiddenProbe
 
     @functools.cache
-    def probe() -> OnnxHiddenProbe:  # built on first use: it holds a second copy of the weights
-        return OnnxHiddenProbe(bundle.path, entry)
+    def probe() -> HiddenProbe:  # built on first use: it may hold a second copy of the weights
+        return makers[name](bundle.path, entry)
 
     return lambda tokens, adapter: probe()(tokens, adapter)
 
