@@ -41,9 +41,16 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
                    "vocab.json", "merges.txt", "generation_config.json")
 
 
+def eos_ids(config: DecoderConfig, tokenizer) -> list[int]:
+    """The ids that end generation: the model config's, then the tokenizer's, once each (the manifest's list,
+    and what the ExecuTorch runner metadata declares)."""
+    own = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    return list(dict.fromkeys([*config.eos_token_ids, *own]))
+
+
 def model_entry(config: DecoderConfig, name: str, tokenizer) -> dict:
     """Model facts for the manifest: architecture, sizes, context, special tokens (eos ids included)."""
-    eos = list(dict.fromkeys([*config.eos_token_ids, *([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else [])]))
+    eos = eos_ids(config, tokenizer)
     specials = {t: tokenizer.convert_tokens_to_ids(t) for t in tokenizer.all_special_tokens}
     return {
         "name": name,

@@ -59,8 +59,8 @@ from memlora.mlpackage import FP16, BlobFile, load_spec, parse_type
 from memlora.recipe import QuantRecipe
 
 from . import quant
-from .decoder import Decoder, LoraSlots
-from .lora import Adapter, fill_slots, slot_tensors, unify_slots
+from .decoder import Decoder, LoraSlots, grouped_attention
+from .lora import Adapter, fill_slots, slot_arrays, unify_slots
 from .target import Exporter, Stage, TargetRequest
 
 TARGET = "coreml"
@@ -82,20 +82,16 @@ class CoreMLStep(nn.Module):
         self.decoder = decoder
 
     def forward(self, input_ids: torch.Tensor, causal_mask: torch.Tensor) -> torch.Tensor:
-        dec, c = self.decoder, self.decoder.config
+        dec = self.decoder
         t, end = input_ids.shape[1], causal_mask.shape[-1]
         start = end - t
         cos, sin = dec.rope(torch.arange(start, end))
-        groups = c.num_heads // c.num_kv_heads
 
         def attend(i: int, q, k, v):
             attn = dec.layers[i].self_attn
             attn.k_cache[:, :, start:end] = k.transpose(1, 2)
             attn.v_cache[:, :, start:end] = v.transpose(1, 2)
-            keys = attn.k_cache[:, :, :end].repeat_interleave(groups, 1)
-            values = attn.v_cache[:, :, :end].repeat_interleave(groups, 1)
-            out = nn.functional.scaled_dot_product_attention(q.transpose(1, 2), keys, values, attn_mask=causal_mask)
-            return out.transpose(1, 2).reshape(1, t, c.num_heads * c.head_dim)
+            return grouped_attention(q.transpose(1, 2), attn.k_cache[:, :, :end], attn.v_cache[:, :, :end], causal_mask)
 
         x, _ = dec.run_layers(dec.embed(input_ids), cos, sin, attend)
         return dec.head(x)
@@ -285,8 +281,7 @@ def compress_package(src: Path, dest: Path, recipe: QuantRecipe) -> None:
 
 
 def _lora_values(decoder: Decoder, adapter: Adapter | None) -> dict[str, np.ndarray]:
-    return {f"{module}.lora_{ab}": t.numpy() for module, pair in slot_tensors(decoder, adapter).items()
-            for ab, t in zip("ab", pair)}
+    return slot_arrays(decoder, adapter, lambda module, ab: f"{module}.lora_{ab}")
 
 
 def _merged_values(req: TargetRequest, adapter: Adapter) -> dict[str, np.ndarray]:

@@ -232,6 +232,17 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
     return x * cos[:, None, :] + rotated * sin[:, None, :]
 
 
+def grouped_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Attention of `q` [b, heads, t, d] over cached `keys`/`values` [b, kv_heads, s, d], each kv head shared by
+    a group of query heads (GQA); `mask` [t, s] (bool, or additive); returns [b, t, heads * d]. Every target's
+    attention is this, so a change of layout happens once."""
+    groups = q.shape[1] // keys.shape[1]
+    out = nn.functional.scaled_dot_product_attention(
+        q, keys.repeat_interleave(groups, 1), values.repeat_interleave(groups, 1), attn_mask=mask)
+    b, heads, t, d = out.shape
+    return out.transpose(1, 2).reshape(b, t, heads * d)
+
+
 class Attention(nn.Module):
     def __init__(self, c: DecoderConfig, slots: LoraSlots | None):
         super().__init__()
@@ -267,13 +278,8 @@ class Attention(nn.Module):
         """Write k/v into the static cache at `input_pos`, attend over every cached position <= the query's."""
         self.k_cache[:, :, input_pos] = k.transpose(1, 2)
         self.v_cache[:, :, input_pos] = v.transpose(1, 2)
-        groups = self.c.num_heads // self.c.num_kv_heads
-        keys = self.k_cache.repeat_interleave(groups, dim=1)
-        values = self.v_cache.repeat_interleave(groups, dim=1)
         mask = torch.arange(self.c.max_context, device=q.device)[None, :] <= input_pos[:, None]
-        out = nn.functional.scaled_dot_product_attention(q.transpose(1, 2), keys, values, attn_mask=mask)
-        b, _, t, _ = out.shape
-        return out.transpose(1, 2).reshape(b, t, self.c.num_heads * self.c.head_dim)
+        return grouped_attention(q.transpose(1, 2), self.k_cache, self.v_cache, mask)
 
 
 class MLP(nn.Module):

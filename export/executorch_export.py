@@ -47,6 +47,7 @@ from torch import nn
 from memlora.errors import MemloraError
 
 from . import executorch_quant
+from .bundle import eos_ids
 from .target import Exporter, Stage, TargetRequest
 from .decoder import Decoder, DecoderConfig, LoraLinear, RMSNorm
 from .lora import Adapter, fill_slots, unify_slots
@@ -264,8 +265,7 @@ def export_target(req: TargetRequest, bundle_dir: Path, stage: Stage = lambda s:
     slots = unify_slots(req.adapters.values()) if req.adapters else None
     config = DecoderConfig.from_hf(req.model_dir, req.max_context)
     tok = load_tokenizer(req.model_dir)
-    eos = list(dict.fromkeys([*config.eos_token_ids, *([tok.eos_token_id] if tok.eos_token_id is not None else [])]))
-    metadata = runner_metadata(config, eos)
+    metadata = runner_metadata(config, eos_ids(config, tok))
     build = lambda adapter, merge: build_module(req.model_dir, req.max_context, adapter, slots, merge,  # noqa: E731
                                                 req.quant, req.block_size, req.embedding_int8)
     files: list[Path] = []

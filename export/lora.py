@@ -21,8 +21,9 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
+import numpy as np
 import torch
 
 from memlora.adapters import check_rank, find_adapters, pattern_value, read_config
@@ -168,6 +169,13 @@ def slot_tensors(decoder: Decoder, adapter: Adapter | None) -> dict[str, tuple[t
                 b[j, :r] = src_b.T[:, k * width : (k + 1) * width]
         out[module] = (a, b)
     return out
+
+
+def slot_arrays(decoder: Decoder, adapter: Adapter | None, name: Callable[[str, str], str]) -> dict[str, np.ndarray]:
+    """`slot_tensors` as contiguous numpy arrays keyed ``name(module, "a" | "b")``: the form every exporter
+    writes LoRA constants in (ONNX initializers and adapter files, Core ML weight blobs)."""
+    return {name(module, ab): t.contiguous().numpy()
+            for module, pair in slot_tensors(decoder, adapter).items() for ab, t in zip("ab", pair)}
 
 
 def fill_slots(decoder: Decoder, adapter: Adapter | None) -> None:

@@ -47,8 +47,8 @@ from torch import nn
 from memlora.errors import MemloraError
 from memlora.recipe import QuantRecipe
 
-from .decoder import Decoder, rotate
-from .lora import Adapter, slot_tensors, unify_slots
+from .decoder import Decoder, grouped_attention, rotate
+from .lora import Adapter, slot_arrays, unify_slots
 from .target import Exporter, Stage, TargetRequest
 
 TARGET = "onnx"
@@ -83,12 +83,9 @@ def gqa(
     present_k, present_v = past_k.clone(), past_v.clone()
     present_k[:, :, start : start + t] = k
     present_v[:, :, start : start + t] = v.reshape(b, t, kv_heads, d).transpose(1, 2)
-    groups = num_heads // kv_heads
-    keys = present_k[:, :, : start + t].repeat_interleave(groups, 1)
-    values = present_v[:, :, : start + t].repeat_interleave(groups, 1)
     mask = torch.arange(start + t)[None, :] <= pos[:, None]
-    out = nn.functional.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
-    return out.transpose(1, 2).reshape(b, t, num_heads * d), present_k, present_v
+    out = grouped_attention(q, present_k[:, :, : start + t], present_v[:, :, : start + t], mask)
+    return out, present_k, present_v
 
 
 @gqa.register_fake
@@ -273,8 +270,7 @@ def with_lora(model, decoder: Decoder, adapter: Adapter):
     import onnx
     from onnx import numpy_helper
 
-    values = {lora_input_name(module, ab): t.contiguous().numpy()
-              for module, pair in slot_tensors(decoder, adapter).items() for ab, t in zip("ab", pair)}
+    values = slot_arrays(decoder, adapter, lora_input_name)
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
     slots = [i.name for i in copy.graph.input if i.name.startswith("lora.")]
@@ -307,8 +303,7 @@ def write_adapter(decoder: Decoder, adapter: Adapter, path: Path) -> Path:
     fmt.set_adapter_version(1)
     fmt.set_model_version(1)
     # OrtValues alias the numpy memory: keep the arrays alive until the file is written
-    arrays = {lora_input_name(module, ab): t.contiguous().numpy()
-              for module, pair in slot_tensors(decoder, adapter).items() for ab, t in zip("ab", pair)}
+    arrays = slot_arrays(decoder, adapter, lora_input_name)
     fmt.set_parameters({name: ort.OrtValue.ortvalue_from_numpy(arr) for name, arr in arrays.items()})
     fmt.export_adapter(str(path))
     return path

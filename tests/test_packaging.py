@@ -9,7 +9,7 @@ import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SOURCES = ("pyproject.toml", "README.md", "memlora", "export", "runtime_py")
+SOURCES = ("pyproject.toml", "README.md", "memlora", "export", "runtime_py", "scripts/build_backend.py")
 DATA = (
     "memlora/schemas/manifest.schema.json",
     "memlora/schemas/trace.schema.json",
@@ -21,14 +21,20 @@ DATA = (
 )
 
 
-def test_wheel_holds_schemas_thresholds_adapters_and_peer_scripts(tmp_path):
-    src = tmp_path / "src"  # setuptools leaves build/ in the source tree: build from a copy of the sources
-    src.mkdir()
+def sources(tmp_path: Path) -> Path:
+    """A copy of what a build reads (setuptools leaves build/ in the source tree)."""
+    src = tmp_path / "src"
     for name in SOURCES:
+        (src / name).parent.mkdir(parents=True, exist_ok=True)
         if (ROOT / name).is_dir():
             shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy2(ROOT / name, src / name)
+    return src
+
+
+def test_wheel_holds_schemas_thresholds_adapters_and_peer_scripts(tmp_path):
+    src = sources(tmp_path)
     build = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path), str(src)],
         capture_output=True, text=True, timeout=600)
@@ -39,3 +45,17 @@ def test_wheel_holds_schemas_thresholds_adapters_and_peer_scripts(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     missing = [d for d in DATA if d not in names]
     assert not missing, missing
+
+
+def test_the_editable_build_prints_no_setuptools_warning(tmp_path):
+    """What `pip install -e .` runs: the PEP 660 hook of the build backend, on a copy of the sources."""
+    src = sources(tmp_path)
+    code = ("import sys; sys.path.insert(0, 'scripts'); import build_backend; "
+            f"print(build_backend.build_editable({str(tmp_path)!r}))")
+    build = subprocess.run([sys.executable, "-W", "default", "-c", code], cwd=src, capture_output=True, text=True,
+                           timeout=600)
+    assert build.returncode == 0, build.stderr[-3000:]
+    wheel = tmp_path / build.stdout.strip().splitlines()[-1]
+    assert wheel.name.startswith("memlora-") and wheel.is_file()
+    log = build.stdout + build.stderr
+    assert "Warning" not in log and "Editable installation" not in log, log
