@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from memlora.backend import CheckedBackend
 from memlora.errors import MemloraError
 
 ENGINES = ("interpreter", "coreml")
@@ -36,8 +37,8 @@ def causal_mask(start: int, count: int) -> np.ndarray:
 
 
 class _InterpreterEngine:
-    """All functions share one set of cache states (same names and shapes), so switching adapters keeps the
-    cache, exactly like a single model whose weights change."""
+    """One set of cache states, made fresh by `reset(function)`, which the backend calls before a function's
+    first `predict` (an adapter change starts a new sequence)."""
 
     def __init__(self, package: Path):
         from .mil_interpreter import MILModel
@@ -49,13 +50,12 @@ class _InterpreterEngine:
         self.state = self.model.make_state(function)
 
     def predict(self, function: str, inputs: dict) -> np.ndarray:
-        if self.state is None:
-            self.reset(function)
         return self.model.predict(inputs, self.state, function)["logits"]
 
 
 class _CoreMLEngine:
-    """One loaded model and one MLState per function; Core ML states belong to the function that made them."""
+    """One loaded model per function and the MLState of the current one, made by `reset(function)` before
+    the function's first `predict`: Core ML states belong to the function that made them."""
 
     def __init__(self, package: Path):
         self.package = package
@@ -75,17 +75,10 @@ class _CoreMLEngine:
         self.states = {function: self._model(function).make_state()}
 
     def predict(self, function: str, inputs: dict) -> np.ndarray:
-        if function not in self.states:
-            if self.states:
-                raise MemloraError(
-                    f"{self.package}: Core ML cache states belong to one function; switch adapters only at "
-                    "the start of a sequence (start=0)"
-                )
-            self.reset(function)
         return self._model(function).predict(inputs, state=self.states[function])["logits"]
 
 
-class CoreMLBackend:
+class CoreMLBackend(CheckedBackend):
     """Runs a multifunction Core ML decoder exported by `memlora.export.coreml_export`."""
 
     name = "coreml"
@@ -101,32 +94,36 @@ class CoreMLBackend:
             raise MemloraError(f"unknown Core ML engine {self.engine_name!r}; choose one of {ENGINES}")
         if not self.package.is_dir():
             raise MemloraError(f"{self.package}: Core ML package is missing")
+        self.vocab = logits_size(self.package, next(iter(functions.values())))
         self.engine = (_CoreMLEngine if self.engine_name == "coreml" else _InterpreterEngine)(self.package)
         self._last: str | None = None
 
-    def _function(self, adapter: str | None) -> str:
-        if adapter not in self.functions:
-            have = ", ".join(a for a in self.adapters) or "none"
-            raise MemloraError(f"{self.package}: no function for adapter {adapter!r} (adapters: {have})")
-        return self.functions[adapter]
-
-    def reset(self) -> None:
-        if self._last is not None:
-            self.engine.reset(self._last)
-
-    def forward(self, tokens: list[int], start: int, adapter: str | None, all_logits: bool = False) -> np.ndarray:
-        function = self._function(adapter)
+    def _run(self, tokens: list[int], start: int, adapter: str | None, all_logits: bool) -> np.ndarray:
+        """The cache of the function last run is kept across sequences: positions >= start are overwritten
+        and the causal mask hides later ones, so only a new function needs fresh states."""
+        function = self.functions[adapter]
         count = len(tokens)
-        if count == 0 or start < 0 or start + count > self.max_context:
-            raise MemloraError(
-                f"{self.package}: positions {start}..{start + count - 1} do not fit the context of {self.max_context}"
-            )
         if start == 0 and function != self._last:
             self.engine.reset(function)
         self._last = function
         inputs = {"input_ids": np.asarray([tokens], dtype=np.int32), "causal_mask": causal_mask(start, count)}
         logits = np.asarray(self.engine.predict(function, inputs), dtype=np.float32)[0]
         return logits if all_logits else logits[-1:]
+
+
+def logits_size(package: Path, function: str) -> int:
+    """The vocabulary size: the last dimension of `function`'s ``logits`` output in the package's program
+    (the spec's feature description carries no shapes; the op that writes ``logits`` does)."""
+    from memlora.mlpackage import load_spec, parse_type
+
+    spec_path, spec = load_spec(package)
+    programs = spec.mlProgram.functions
+    blocks = programs[function].block_specializations.values() if function in programs else ()
+    outputs = (o for block in blocks for op in block.operations for o in op.outputs if o.name == "logits")
+    shape = next((parse_type(o.type).shape for o in outputs), None)
+    if not shape or shape[-1] is None:
+        raise MemloraError(f"{spec_path}: function {function!r} has no logits output of a fixed vocabulary size")
+    return int(shape[-1])
 
 
 def from_bundle(bundle_dir: Path, engine: str | None = None, threads: int | None = None) -> CoreMLBackend:

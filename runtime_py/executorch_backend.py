@@ -19,12 +19,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from memlora.backend import CheckedBackend
 from memlora.errors import MemloraError
 
 BASE_METHOD = "forward"
 
 
-class ExecuTorchBackend:
+class ExecuTorchBackend(CheckedBackend):
     """Runs programs exported by `memlora.export.executorch_export` with ``executorch.runtime``."""
 
     name = "executorch"
@@ -55,6 +56,7 @@ class ExecuTorchBackend:
         self.adapters = tuple(k for k in routes if k is not None)
         first = next(iter(routes.values()))
         self.max_context = int(self._constant(first[0], "get_max_seq_len"))
+        self.vocab = int(self._constant(first[0], "get_vocab_size"))
 
     def _constant(self, path: Path, method: str):
         try:
@@ -65,8 +67,6 @@ class ExecuTorchBackend:
     def method(self, adapter: str | None):
         """The loaded method for `adapter`; loading it (and its delegates' weights) on first use."""
         if adapter not in self._methods:
-            if adapter not in self._routes:
-                raise MemloraError(f"adapter {adapter!r} is not in this ExecuTorch bundle (has {self.adapters})")
             path, name = self._routes[adapter]
             try:
                 self._methods[adapter] = self._programs[path].load_method(name)
@@ -78,16 +78,11 @@ class ExecuTorchBackend:
                 ) from e
         return self._methods[adapter]
 
-    def reset(self) -> None:
-        """Nothing to clear: positions >= start are overwritten and later positions are masked out."""
-
-    def forward(self, tokens: list[int], start: int, adapter: str | None, all_logits: bool = False) -> np.ndarray:
-        n = len(tokens)
-        if start + n > self.max_context:
-            raise MemloraError(f"positions up to {start + n} exceed the context of {self.max_context}")
+    def _run(self, tokens: list[int], start: int, adapter: str | None, all_logits: bool) -> np.ndarray:
+        """Positions >= start are overwritten in place and later ones masked out by the program."""
         method = self.method(adapter)
-        if all_logits and n > 1:
-            return np.concatenate([self.forward([t], start + i, adapter) for i, t in enumerate(tokens)])
+        if all_logits and len(tokens) > 1:
+            return np.concatenate([self._run([t], start + i, adapter, False) for i, t in enumerate(tokens)])
         out = method.execute([torch.tensor([tokens], dtype=torch.int64), torch.tensor([start], dtype=torch.int64)])
         return out[0].numpy().astype(np.float32, copy=False).reshape(1, -1)
 

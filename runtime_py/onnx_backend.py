@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from memlora.backend import CheckedBackend
 from memlora.errors import MemloraError
 
 THREADS = 2
@@ -39,7 +40,7 @@ def session_options(threads: int = THREADS, profile_prefix: str | None = None):
     return opts
 
 
-class OnnxBackend:
+class OnnxBackend(CheckedBackend):
     """Runs ONNX decoder graphs exported by `memlora.export.onnx_export` with an in-place KV cache."""
 
     name = "onnx"
@@ -69,9 +70,9 @@ class OnnxBackend:
             raise MemloraError(f"{next(iter(graphs.values()))}: graph has no past_key_values inputs")
         shape = next(i.shape for i in first.get_inputs() if i.name == self._past[0])
         self.max_context = int(shape[2])
-        self._vocab = int(first.get_outputs()[0].shape[-1])
+        self.vocab = int(first.get_outputs()[0].shape[-1])
         self._cache = [ort_zeros(shape) for _ in self._past]
-        self._step_logits = ort_zeros((1, 1, self._vocab))
+        self._step_logits = ort_zeros((1, 1, self.vocab))
         # one IO binding per adapter, all over the same cache buffers: switching adapters rebinds nothing.
         # A separable base graph's LoRA inputs have no stored value: the base runs with zeros bound.
         self._runs = {key: (sess, self._bind(sess, zero_lora(sess))) for key, sess in sessions.items()}
@@ -96,15 +97,9 @@ class OnnxBackend:
             binding.bind_ortvalue_input(name, value)
         return binding
 
-    def reset(self) -> None:
-        """Nothing to clear: positions >= start are overwritten and later positions are masked out."""
-
-    def forward(self, tokens: list[int], start: int, adapter: str | None, all_logits: bool = False) -> np.ndarray:
-        if adapter not in self._runs:
-            raise MemloraError(f"adapter {adapter!r} is not in this ONNX bundle (has {self.adapters})")
+    def _run(self, tokens: list[int], start: int, adapter: str | None, all_logits: bool) -> np.ndarray:
+        """Positions >= start are overwritten in place and later ones masked out (``seqlens_k``)."""
         n = len(tokens)
-        if start + n > self.max_context:
-            raise MemloraError(f"positions up to {start + n} exceed the context of {self.max_context}")
         session, binding = self._runs[adapter]
         binding.bind_cpu_input("input_ids", np.asarray([tokens], np.int64))
         index = np.arange(n, dtype=np.int64) if all_logits else np.array([n - 1], np.int64)
@@ -113,7 +108,7 @@ class OnnxBackend:
         binding.bind_cpu_input("total_sequence_length", np.array(start + n, np.int32))
         logits = self._step_logits  # reused by every decode step; other sizes get a fresh buffer
         if len(index) != 1:
-            logits = self._ort.OrtValue.ortvalue_from_shape_and_type((1, len(index), self._vocab), np.float32)
+            logits = self._ort.OrtValue.ortvalue_from_shape_and_type((1, len(index), self.vocab), np.float32)
         binding.bind_ortvalue_output("logits", logits)
         session.run_with_iobinding(binding)
         return logits.numpy()[0].copy()  # the step buffer is reused by the next call

@@ -12,10 +12,11 @@ import numpy as np
 import torch
 
 from memlora.adapters import load_checked_adapters
+from memlora.backend import CheckedBackend
 from memlora.errors import MemloraError
 
 
-class TorchBackend:
+class TorchBackend(CheckedBackend):
     """Backend over a HF checkpoint with optional PEFT adapters; keeps a DynamicCache between calls."""
 
     name = "torch"
@@ -62,35 +63,24 @@ class TorchBackend:
         self.mode = mode if infos else "none"
         config = (self._peft.base_model.model if self.mode == "separable" else self.models[None]).config
         self.max_context = int(config.max_position_embeddings)
+        self.vocab = int(config.vocab_size)
         self.dtype = dtype
         self._cache = None
-        self._len = 0
-        self._adapter: str | None = None
-
-    def reset(self) -> None:
-        self._cache, self._len = None, 0
 
     def _model_for(self, adapter: str | None):
-        if adapter is not None and adapter not in self.adapters:
-            raise MemloraError(f"adapter {adapter!r} is not loaded (have: {', '.join(self.adapters) or 'none'})")
         if self.mode != "separable":
             return self.models[adapter], None
         return self._peft, adapter
 
     @torch.inference_mode()
-    def forward(self, tokens: list[int], start: int, adapter: str | None, all_logits: bool = False) -> np.ndarray:
+    def _run(self, tokens: list[int], start: int, adapter: str | None, all_logits: bool) -> np.ndarray:
         from transformers import DynamicCache
 
         model, peft_adapter = self._model_for(adapter)
-        if start == 0 or self._cache is None or adapter != self._adapter:
-            if start != 0:
-                raise MemloraError("a sequence must start at position 0 after a reset or an adapter change")
+        if start == 0:
             self._cache = DynamicCache()
-        elif start < self._len:
-            self._cache.crop(start)
-        elif start > self._len:
-            raise MemloraError(f"position {start} skips ahead of the cache ({self._len} tokens)")
-        self._adapter = adapter
+        else:  # a rewind drops the positions >= start (crop takes minus the count to remove)
+            self._cache.crop(start - self._cache.get_seq_length())
         ids = torch.tensor([tokens], dtype=torch.long)
         pos = torch.arange(start, start + len(tokens)).unsqueeze(0)
         kwargs = dict(input_ids=ids, position_ids=pos, past_key_values=self._cache, use_cache=True,
@@ -103,5 +93,4 @@ class TorchBackend:
                 out = model(**kwargs)
         else:
             out = model(**kwargs)
-        self._len = start + len(tokens)
         return out.logits[0].float().numpy()

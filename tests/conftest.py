@@ -102,3 +102,9 @@ def et_bundle(tiny_model, taught_adapters, tmp_path_factory):
     """A separable fp32 ExecuTorch bundle of the taught adapters."""
     return _export_tiny_bundle("executorch", tiny_model, taught_adapters,
                                tmp_path_factory.mktemp("bundles") / "tiny-executorch")
+
+
+@pytest.fixture(scope="session")
+def coreml_bundle(tiny_model, taught_adapters, tmp_path_factory):
+    """A separable Core ML bundle of the taught adapters (fp32 is Core ML's fp16)."""
+    return _export_tiny_bundle("coreml", tiny_model, taught_adapters, tmp_path_factory.mktemp("bundles") / "tiny-coreml")

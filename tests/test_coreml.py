@@ -197,10 +197,10 @@ def test_backend_forward_and_generate(requests, packages):
 def test_backend_errors(packages):
     path, entry = packages("separable", "fp16")
     backend = CoreMLBackend(path, {None: "base", "extract": "extract"}, entry["max_context"], engine="interpreter")
-    with pytest.raises(MemloraError, match="no function for adapter 'answer'"):
+    with pytest.raises(MemloraError, match="unknown adapter 'answer'"):
         backend.forward([1], 0, "answer")
-    with pytest.raises(MemloraError, match="do not fit the context"):
-        backend.forward([1, 2], CONTEXT - 1, "extract")
+    with pytest.raises(MemloraError, match="exceed the context"):
+        backend.forward([1] * (CONTEXT + 1), 0, "extract")
 
 
 @pytest.mark.skipif(sys.platform != "darwin", reason="MLModel.predict runs only on macOS (Core ML framework)")

@@ -26,6 +26,7 @@ def graph_profile(backend, prompt: list[int], adapter: str | None, measured: dic
     session, binding = backend._runs[adapter]
     tokens = measured["tokens"]
     position = len(prompt) + len(tokens) // 2
+    backend.forward([*prompt, *tokens][:position], 0, adapter)  # the cache holds the context of the step
     forward, graph = [], []
     for _ in range(calls):
         t0 = time.perf_counter()
