@@ -49,17 +49,20 @@ def linear(w: torch.Tensor, bits: int, block: int | None, rule: str, fp16: bool 
     return half(q * scale).reshape(w.shape[0], -1)[:, :k].contiguous()
 
 
-def palettize_group(values: np.ndarray, bits: int, iterations: int = 25) -> tuple[np.ndarray, np.ndarray]:
+def palettize_group(values: np.ndarray, bits: int, iterations: int = 100) -> tuple[np.ndarray, np.ndarray]:
     """A deterministic 1-D k-means on the fp16 values of one group: (lut [2^bits] fp16, indices uint8).
 
-    Starts from equal-count segments of the sorted values and runs Lloyd steps on the sorted array
-    (cluster boundaries are midpoints between centroids), so it needs no random seed and no scikit-learn.
+    Starts from levels evenly spaced between the group's min and max and runs Lloyd steps on the sorted
+    array (cluster boundaries are midpoints between centroids), so it needs no random seed and no
+    scikit-learn. The even start keeps a table entry near the extreme weights: started from equal-count
+    segments instead, the few outlier weights of a group were averaged into the tail cluster, and SmolLM2-135M
+    palettized that way agreed with fp32 on no top-1 token (0.0 vs 0.63 with this start, 96 tokens).
     """
     order = np.sort(values.reshape(-1).astype(np.float64))
     n, k = order.size, 2**bits
     prefix = np.concatenate([[0.0], np.cumsum(order)])
-    cuts = np.linspace(0, n, k + 1).round().astype(int)
-    centroids = order[np.minimum(cuts[:-1], n - 1)]
+    centroids = np.linspace(order[0], order[-1], k)
+    cuts = np.concatenate([[0], np.searchsorted(order, (centroids[1:] + centroids[:-1]) / 2, side="right"), [n]])
     for _ in range(iterations):
         counts = np.diff(cuts)
         sums = prefix[cuts[1:]] - prefix[cuts[:-1]]
