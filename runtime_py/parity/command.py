@@ -24,6 +24,8 @@ def main(
     thresholds: Annotated[Optional[Path], typer.Option("--thresholds", help="JSON thresholds merged over the defaults (per precision, per target)")] = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="write the JSON report here")] = None,
     html_out: Annotated[Optional[Path], typer.Option("--html", help="write the self-contained HTML report here")] = None,
+    junit_out: Annotated[Optional[Path], typer.Option("--junit", help="write JUnit XML here (one test case per target x level x gated metric)")] = None,
+    summary_out: Annotated[Optional[Path], typer.Option("--summary", help="write a Markdown summary here (for a CI job summary or a PR comment)")] = None,
     quick: Annotated[bool, typer.Option("--quick", help="a smaller golden set and a shorter conversation")] = False,
 ) -> None:
     """Check every exported target at tensor, token, task and device-trace level; exit 1 if any fails."""
@@ -31,8 +33,10 @@ def main(
     from memlora.session import default_adapters
 
     from .html import write_html
+    from .junit import write_junit
     from .report import table, write_json
     from .run import run_parity
+    from .summary import write_summary
     from .thresholds import load_thresholds
 
     if bundle is None:
@@ -42,11 +46,16 @@ def main(
     if adapters_dir is None:
         raise MemloraError("no adapters: pass --adapters DIR (the adapters the bundle was exported from)")
     names = None if targets is None else [t.strip() for t in targets.split(",") if t.strip()]
-    report = run_parity(Path(bundle), model_dir, Path(adapters_dir), names, thresholds=load_thresholds(thresholds),
+    limits = load_thresholds(thresholds)
+    report = run_parity(Path(bundle), model_dir, Path(adapters_dir), names, thresholds=limits,
                         trace=trace, quick=quick, progress=lambda msg: typer.echo(f"  {msg}", err=True))
     if json_out:
         write_json(report, json_out)
     if html_out:
         write_html(report, html_out)
+    if junit_out:
+        write_junit(report, limits, junit_out)
+    if summary_out:
+        write_summary(report, summary_out)
     typer.echo(table(report))
     sys.exit(0 if report["passed"] else 1)
