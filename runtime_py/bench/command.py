@@ -80,7 +80,7 @@ def our_artifacts(bundles: list[Path], targets: list[str] | None) -> list[dict]:
             if targets and name not in targets:
                 continue
             files = [path / f for f in entry["files"]]
-            rows.append({"target": name, "mode": entry["mode"], "precision": entry["quantization"]["scheme"],
+            rows.append({"target": name, "mode": entry["mode"], "precision": b.recipe(name).scheme,
                          "bundle": str(path), "size_mb": sum(f.stat().st_size for f in files) / 1e6,
                          "entry": entry})
     if not rows:
