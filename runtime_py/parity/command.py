@@ -26,12 +26,16 @@ def main(
     html_out: Annotated[Optional[Path], typer.Option("--html", help="write the self-contained HTML report here")] = None,
     junit_out: Annotated[Optional[Path], typer.Option("--junit", help="write JUnit XML here (one test case per target x level x gated metric)")] = None,
     summary_out: Annotated[Optional[Path], typer.Option("--summary", help="write a Markdown summary here (for a CI job summary or a PR comment)")] = None,
+    baseline: Annotated[Optional[Path], typer.Option("--baseline", help="an earlier parity JSON report of the same model: fail on regressions past the thresholds' allowances")] = None,
+    bench: Annotated[Optional[Path], typer.Option("--bench", help="a `memlora bench --json` run on this bundle: its speeds replace the parity run's")] = None,
     quick: Annotated[bool, typer.Option("--quick", help="a smaller golden set and a shorter conversation")] = False,
 ) -> None:
     """Check every exported target at tensor, token, task and device-trace level; exit 1 if any fails."""
+    from memlora.export.bundle import load_bundle
     from memlora.paths import default_model_dir
     from memlora.session import default_adapters
 
+    from .baseline import apply_bench, compare, load_baseline, load_bench, same_model
     from .html import write_html
     from .junit import write_junit
     from .report import table, write_json
@@ -47,8 +51,17 @@ def main(
         raise MemloraError("no adapters: pass --adapters DIR (the adapters the bundle was exported from)")
     names = None if targets is None else [t.strip() for t in targets.split(",") if t.strip()]
     limits = load_thresholds(thresholds)
+    # a bad baseline or bench file is refused before any model loads
+    old = None if baseline is None else load_baseline(baseline)
+    if old is not None:
+        same_model(old, load_bundle(Path(bundle), verify=False).manifest["model"], baseline)
+    speeds = None if bench is None else load_bench(bench)
     report = run_parity(Path(bundle), model_dir, Path(adapters_dir), names, thresholds=limits,
                         trace=trace, quick=quick, progress=lambda msg: typer.echo(f"  {msg}", err=True))
+    if speeds is not None:
+        apply_bench(report, speeds, bench)
+    if old is not None:
+        compare(report, old, baseline, limits.allowances)
     if json_out:
         write_json(report, json_out)
     if html_out:

@@ -177,6 +177,7 @@ def run_parity(
         "schema": REPORT_SCHEMA,
         "passed": all(e["passed"] for e in [*report_targets.values(), *report_traces.values()]),
         "bundle": str(bundle.path),
+        "model": {k: bundle.manifest["model"][k] for k in ("name", *MODEL_FACTS)},  # what a --baseline must share
         "reference": {"fp32": "transformers+peft (fp32)", "decoder": "memlora.export.decoder with the target's "
                       "quantization simulated in torch", "model": str(model_dir), "adapters": str(adapters_dir)},
         "golden": {"quick": quick, "decode_tokens": decode_tokens, "context": context,

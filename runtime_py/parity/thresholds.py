@@ -5,7 +5,10 @@ A limit names a metric as ``level.metric`` (``token.top1_agreement``, ``tensor.m
 ``thresholds.json``; its ``precisions`` entries are merged over the defaults metric by metric, and its
 ``targets`` entries (``{"onnx": {"token.top1_agreement": {"min": 0.98}}}``) are merged over the limits of
 that target's precision. ``localise`` holds, per precision, the relative hidden-state error (vs the
-quantized reference) above which a layer counts as diverged.
+quantized reference) above which a layer counts as diverged. ``allowances`` bound the regression of a metric
+against a baseline report (`baseline.py`): ``{"token.top1_agreement": {"drop": 0.005}}``, one of ``drop`` /
+``drop_pct`` (higher is better: it may fall by at most this much, absolute or in percent of the baseline)
+or ``grow`` / ``grow_pct`` (lower is better); a user file's entries replace the defaults metric by metric.
 
 Every limit must name a metric the report has (`METRICS`): a misspelt or renamed metric is an error, never a
 limit that silently checks nothing. A metric that was asked for but came out null is a failure.
@@ -37,6 +40,8 @@ METRICS = frozenset([
 """Every numeric field of a target's report that a limit can name (docs/parity.md, JSON report)."""
 TRACE_METRICS = frozenset(["token.top1_agreement", "token.top5_overlap", "token.greedy_exact_rate", "tensor.max_abs"])
 """The part of `METRICS` a device trace's replay measures; other limits of its precision do not apply to it."""
+ALLOWANCES = ("drop", "drop_pct", "grow", "grow_pct")
+"""How far a metric may move against a baseline: fall (higher is better) or rise (lower is better), absolute or %."""
 
 
 @dataclass(frozen=True)
@@ -44,6 +49,7 @@ class Thresholds:
     precisions: dict[str, dict[str, dict[str, float]]]
     localise: dict[str, float]
     targets: dict[str, dict[str, dict[str, float]]]
+    allowances: dict[str, dict[str, float]]
 
     def limits(self, target: str, precision: str) -> dict[str, dict[str, float]]:
         """The limits that apply to `target` at `precision` (precision defaults, then the target's overrides)."""
@@ -78,6 +84,13 @@ def _read(path: Path) -> dict:
                     raise MemloraError(f"{path}: {section}.{name}.{metric}: {_unknown(metric)}")
                 if not isinstance(bound, dict) or not set(bound) <= {"min", "max"} or not bound:
                     raise MemloraError(f"{path}: {section}.{name}.{metric} must be {{'min': x}} and/or {{'max': y}}")
+    for metric, allowed in data.get("allowances", {}).items():
+        if metric not in METRICS:
+            raise MemloraError(f"{path}: allowances.{metric}: {_unknown(metric)}")
+        if (not isinstance(allowed, dict) or len(allowed) != 1 or not set(allowed) <= set(ALLOWANCES)
+                or not isinstance(*allowed.values(), (int, float)) or min(allowed.values()) < 0):
+            raise MemloraError(f"{path}: allowances.{metric} must be one of {', '.join(ALLOWANCES)} with a number >= 0, "
+                               "e.g. {'drop': 0.005}")
     return data
 
 
@@ -94,7 +107,8 @@ def load_thresholds(path: Path | None = None) -> Thresholds:
             data["precisions"][precision] = _merge(data["precisions"].get(precision, {}), limits)
         data["localise"].update(user.get("localise", {}))
         data["targets"] = {t: _merge(data["targets"].get(t, {}), lim) for t, lim in user.get("targets", {}).items()}
-    return Thresholds(data["precisions"], data["localise"], data["targets"])
+        data["allowances"].update(user.get("allowances", {}))
+    return Thresholds(data["precisions"], data["localise"], data["targets"], data["allowances"])
 
 
 def lookup(metrics: dict, metric: str) -> tuple[bool, object]:
