@@ -28,6 +28,7 @@ def main(
     summary_out: Annotated[Optional[Path], typer.Option("--summary", help="write a Markdown summary here (for a CI job summary or a PR comment)")] = None,
     baseline: Annotated[Optional[Path], typer.Option("--baseline", help="an earlier parity JSON report of the same model: fail on regressions past the thresholds' allowances")] = None,
     bench: Annotated[Optional[Path], typer.Option("--bench", help="a `memlora bench --json` run on this bundle: its speeds replace the parity run's")] = None,
+    cache: Annotated[bool, typer.Option("--cache/--no-cache", help="replay the fp32 reference's outputs from MEMLORA_HOME/parity-cache (recorded on first use)")] = True,
     quick: Annotated[bool, typer.Option("--quick", help="a smaller golden set and a shorter conversation")] = False,
 ) -> None:
     """Check every exported target at tensor, token, task and device-trace level; exit 1 if any fails."""
@@ -36,6 +37,7 @@ def main(
     from memlora.session import default_adapters
 
     from .baseline import apply_bench, compare, load_baseline, load_bench, same_model
+    from .cache import default_root
     from .html import write_html
     from .junit import write_junit
     from .report import table, write_json
@@ -57,7 +59,8 @@ def main(
         same_model(old, load_bundle(Path(bundle), verify=False).manifest["model"], baseline)
     speeds = None if bench is None else load_bench(bench)
     report = run_parity(Path(bundle), model_dir, Path(adapters_dir), names, thresholds=limits,
-                        trace=trace, quick=quick, progress=lambda msg: typer.echo(f"  {msg}", err=True))
+                        trace=trace, quick=quick, progress=lambda msg: typer.echo(f"  {msg}", err=True),
+                        cache=default_root() if cache else None)
     if speeds is not None:
         apply_bench(report, speeds, bench)
     if old is not None:

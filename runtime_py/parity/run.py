@@ -20,6 +20,8 @@ from memlora.recipe import QuantRecipe
 
 from . import prompts as golden_set
 from .compare import CHUNK, recipe_key, run_golden
+from .embedder import embedder_level
+from .cache import ReferenceCache, reference_context, reference_key
 from .localise import localise
 from .reference import DecoderReference, fp32_reference
 from .targets import Target, open_target
@@ -89,8 +91,12 @@ def run_parity(
     conversation: golden_set.Conversation = golden_set.GOLDEN,
     task: bool = True,
     progress: Callable[[str], None] = lambda msg: None,
+    cache: Path | None = None,
 ) -> dict:
-    """The parity report (see docs/parity.md for its keys); ``report["passed"]`` gates a release."""
+    """The parity report (see docs/parity.md for its keys); ``report["passed"]`` gates a release.
+
+    `cache`: a directory (`cache.default_root()`) to replay the fp32 reference's outputs from, or record them
+    in on first use; the report is the same either way (speeds aside). None runs the reference afresh."""
     from memlora.session import load_tokenizer
 
     thresholds = thresholds or load_thresholds()
@@ -107,8 +113,6 @@ def run_parity(
     progress(f"open targets: {', '.join(names + [t.name for t in extra_targets]) or 'none'}")
     targets = [open_target(bundle, n) for n in names] + list(extra_targets)
     tokenizer = load_tokenizer(bundle.path / "tokenizer")
-    progress("load fp32 reference (transformers+peft)")
-    reference = fp32_reference(Path(model_dir), Path(adapters_dir))
     decoders: dict[QuantRecipe, DecoderReference] = {}
     for t in targets:
         key = recipe_key(t.recipe)
@@ -116,13 +120,23 @@ def run_parity(
             progress(f"build decoder reference ({t.recipe.scheme})")
             decoders[key] = DecoderReference(Path(model_dir), adapters, t.recipe, config.max_context)
     decode_tokens = DECODE_TOKENS["quick" if quick else "full"]
-    context = min([reference.max_context, config.max_context, *(t.backend.max_context for t in targets)])
+    context = min([reference_context(Path(model_dir)), config.max_context, *(t.backend.max_context for t in targets)])
     golden = golden_set.golden_prompts(tokenizer, conversation, context, decode_tokens, quick)
     too_long = [p.label for p in golden if len(p.ids) + decode_tokens >= context]
     golden = [p for p in golden if len(p.ids) + decode_tokens < context]
+    conv = _shorten(conversation) if quick else conversation
+    settings = {"golden": [[p.label, p.op, p.ids] for p in golden], "decode_tokens": decode_tokens, "quick": quick,
+                "eos_ids": sorted(bundle.eos_ids), "conversation": conv, "task": bool(task and targets)}
+    ref_cache = ReferenceCache(cache, reference_key(Path(model_dir), Path(adapters_dir), bundle.path / "tokenizer",
+                                                    settings), progress)
+
+    def load_reference():
+        progress("load fp32 reference (transformers+peft)")
+        return fp32_reference(Path(model_dir), Path(adapters_dir))
+
+    reference = ref_cache.reference(load_reference)
     runs, quant = run_golden(reference, decoders, targets, golden, tokenizer, bundle.eos_ids, decode_tokens, progress)
 
-    conv = _shorten(conversation) if quick else conversation
     ref_task = None
     if task and targets:
         from memlora.embed import Embedder
@@ -130,6 +144,7 @@ def run_parity(
         embedder = Embedder()
         progress("task level: memory pipeline on the reference")
         ref_task = run_task(reference, tokenizer, embedder, conv)
+    ref_cache.commit()
 
     report_targets = {}
     for t in targets:
@@ -151,6 +166,7 @@ def run_parity(
         elif ref_task is not None:
             progress(f"task level: memory pipeline on {t.name}")
             entry["task"] = compare_task(ref_task, run_task(t.backend, tokenizer, embedder, conv))
+        entry["embedder"] = embedder_level(bundle, t.name, conversation)
         failures = judge(entry, thresholds, t.name, t.precision)
         worst = runs[t.name].worst_prompt[1]
         if failures and worst is not None:
@@ -168,7 +184,7 @@ def run_parity(
     report_traces = {}
     if records is not None:
         progress(f"replay device traces {trace}")
-        for backend, result in check_traces(Path(trace), records, reference).items():
+        for backend, result in check_traces(Path(trace), records, ref_cache.real(load_reference)).items():
             precision = bundle.recipe(backend).scheme if backend in bundle.manifest["targets"] else "fp32"
             failures = judge(result, thresholds, backend, precision, TRACE_METRICS)
             report_traces[backend] = {**result, "precision": precision, "failures": failures, "passed": not failures}
