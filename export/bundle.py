@@ -74,18 +74,23 @@ def model_entry(config: DecoderConfig, name: str, tokenizer) -> dict:
     }
 
 
-def copy_tokenizer(model_dir: Path, bundle_dir: Path) -> dict:
-    """Copy the tokenizer files the model directory has; the manifest's ``tokenizer`` entry."""
-    dest = bundle_dir / TOKENIZER_DIR
+def copy_files(src: Path, bundle_dir: Path, rel_dir: str, names: tuple[str, ...]) -> list[str]:
+    """Copy the files of `names` that `src` has into ``bundle_dir/rel_dir``; their bundle-relative paths."""
+    dest = bundle_dir / rel_dir
     dest.mkdir(parents=True, exist_ok=True)
     files = []
-    for name in TOKENIZER_FILES:
-        if (Path(model_dir) / name).is_file():
-            shutil.copy2(Path(model_dir) / name, dest / name)
-            files.append(f"{TOKENIZER_DIR}/{name}")
+    for name in names:
+        if (Path(src) / name).is_file():
+            shutil.copy2(Path(src) / name, dest / name)
+            files.append(f"{rel_dir}/{name}")
     if not any(f.endswith("tokenizer.json") for f in files):
-        raise MemloraError(f"{model_dir}: no tokenizer.json (a fast tokenizer is required for the bundle)")
-    return {"dir": TOKENIZER_DIR, "files": files}
+        raise MemloraError(f"{src}: no tokenizer.json (a fast tokenizer is required for the bundle)")
+    return files
+
+
+def copy_tokenizer(model_dir: Path, bundle_dir: Path) -> dict:
+    """Copy the tokenizer files the model directory has; the manifest's ``tokenizer`` entry."""
+    return {"dir": TOKENIZER_DIR, "files": copy_files(model_dir, bundle_dir, TOKENIZER_DIR, TOKENIZER_FILES)}
 
 
 def checksums(bundle_dir: Path) -> dict[str, str]:
@@ -196,6 +201,8 @@ def read_manifest(path: Path) -> dict:
     validate_manifest(manifest, manifest_path)
     for name, entry in manifest["targets"].items():
         QuantRecipe.from_json(entry["quantization"], f"{manifest_path}: targets.{name}.quantization")
+    for name, entry in manifest.get("embedder", {}).get("targets", {}).items():
+        QuantRecipe.from_json(entry["quantization"], f"{manifest_path}: embedder.targets.{name}.quantization")
     bad = next((rel for rel in manifest["files"] if Path(rel).is_absolute() or ".." in Path(rel).parts), None)
     if bad is not None:
         raise MemloraError(f"{manifest_path}: lists {bad!r}, which is outside the bundle")

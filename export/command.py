@@ -40,17 +40,20 @@ def export_bundle(
     golden_tokens: int = GOLDEN_TOKENS,
     embedding_int8: bool = False,
     stage: Callable[[str], None] = lambda s: None,
+    embedder: Path | None = None,
 ) -> Path:
     """Export `targets` into a new bundle at `out` (written aside, renamed into place when complete).
 
     Every check that needs no export runs first -- the adapters against the model as the exporters and the
     golden reference (transformers+peft) read them, the tokenizer, each target's mode and quant -- so bad
-    input fails in seconds, not after the targets are built."""
+    input fails in seconds, not after the targets are built. `embedder` (a sentence-transformers BERT folder)
+    is exported for every target too; None leaves the bundle without one (retrieval then runs on torch)."""
     from memlora import prompts
     from memlora.adapters import load_checked_adapters
     from memlora.session import load_tokenizer
 
     from . import bundle, golden, target
+    from . import embedder as embedder_export
     from .decoder import DecoderConfig
     from .lora import load_adapters
 
@@ -68,6 +71,7 @@ def export_bundle(
     load_checked_adapters(adapters_dir, model_dir)
     adapters = load_adapters(adapters_dir, config)
     tokenizer = load_tokenizer(model_dir)
+    source = None if embedder is None else embedder_export.read_source(embedder)
     request = target.TargetRequest(model_dir, adapters, mode, quant, block_size, config.max_context, embedding_int8)
     for exporter in exporters.values():
         target.check_request(exporter, request)
@@ -76,6 +80,8 @@ def export_bundle(
         for name, exporter in exporters.items():
             entries[name] = {"mode": mode, "quantization": exporter.recipe(request).to_json(),
                              **exporter.export(request, tmp, stage)}
+        embedder_entry = {} if source is None else {
+            "embedder": embedder_export.export_embedder(source, {name: quant for name in exporters}, tmp, stage)}
         stage("tokenizer")
         tok_entry = bundle.copy_tokenizer(model_dir, tmp)
         model = bundle.model_entry(config, model_dir.name, tokenizer)
@@ -96,6 +102,7 @@ def export_bundle(
             "targets": entries,
             "golden": {"file": golden_file, "reference": "torch (transformers+peft, fp32)",
                        "max_new_tokens": golden_tokens, "records": records},
+            **embedder_entry,
         }
         return bundle.publish(tmp, out, manifest)
 
@@ -111,6 +118,10 @@ def main(
     out: Annotated[Optional[Path], typer.Option("--out", help="bundle directory to write")] = None,
     max_context: Annotated[int, typer.Option("--max-context", help="KV cache length of the exported model")] = 2048,
     embedding_int8: Annotated[bool, typer.Option("--embedding-int8", help="int8 token embeddings (executorch)")] = False,
+    embedder: Annotated[Optional[Path], typer.Option("--embedder", help="sentence-transformers BERT folder to embed "
+                                                     "with (default: the packaged all-MiniLM-L6-v2)")] = None,
+    no_embedder: Annotated[bool, typer.Option("--no-embedder", help="no embedder in the bundle (retrieval runs "
+                                              "on torch)")] = False,
 ) -> None:
     """Export the model and its adapters into a bundle (manifest, tokenizer, artifacts, golden traces)."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -124,6 +135,12 @@ def main(
         raise MemloraError("no adapters: pass --adapters DIR (with extract/, mem_update/, answer/)")
     if out is None:
         raise MemloraError("pass --out DIR for the bundle")
+    if embedder is not None and no_embedder:
+        raise MemloraError(f"--embedder {embedder} and --no-embedder: pass one")
+    if not no_embedder and embedder is None:
+        from memlora.embed import package_model_dir
+
+        embedder = package_model_dir()
     targets = [t.strip() for t in target.split(",") if t.strip()]
     with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn()) as progress:
         current: list = []
@@ -137,7 +154,7 @@ def main(
             current.append(progress.add_task(name, total=None))
 
         path = export_bundle(model_dir, adapters_dir, targets, mode, quant, block_size, out, max_context,
-                             embedding_int8=embedding_int8, stage=stage)
+                             embedding_int8=embedding_int8, stage=stage, embedder=embedder)
         stage("done")
         progress.update(current[-1], total=1, completed=1)
     typer.echo(f"bundle written to {path}")

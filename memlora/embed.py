@@ -8,6 +8,7 @@ transformers, so retrieval needs no extra framework and never touches a model hu
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +34,19 @@ def package_model_dir() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "model"
 
 
+def max_length(model_dir: Path) -> int:
+    """Tokens per text the model was trained with (``sentence_bert_config.json``; `MAX_LENGTH` without one), within
+    its position table: the reference and every exported embedder truncate there."""
+    model_dir = Path(model_dir)
+    try:
+        limit = int(json.loads((model_dir / "config.json").read_text())["max_position_embeddings"])
+        st = model_dir / "sentence_bert_config.json"
+        trained = int(json.loads(st.read_text())["max_seq_length"]) if st.is_file() else MAX_LENGTH
+    except (ValueError, KeyError, TypeError) as e:
+        raise MemloraError(f"{model_dir}: cannot read the embedder's maximum length ({e})") from e
+    return min(trained, limit)
+
+
 class Embedder:
     """Turns texts into unit-length float32 vectors; cosine similarity is then a dot product."""
 
@@ -44,6 +58,7 @@ class Embedder:
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir, local_files_only=True)
         self.model = AutoModel.from_pretrained(self.model_dir, local_files_only=True).eval()
         self.dim: int = int(self.model.config.hidden_size)
+        self.max_length = max_length(self.model_dir)
 
     @torch.no_grad()
     def embed(self, texts: list[str]) -> np.ndarray:
@@ -54,7 +69,7 @@ class Embedder:
                 texts[start : start + BATCH_SIZE],
                 padding=True,
                 truncation=True,
-                max_length=MAX_LENGTH,
+                max_length=self.max_length,
                 return_tensors="pt",
             )
             hidden = self.model(**batch).last_hidden_state

@@ -20,6 +20,11 @@ BUNDLE_BACKENDS = {
     "coreml": "memlora.runtime.coreml_backend",
 }
 NAMES = ("torch", *BUNDLE_BACKENDS)
+EMBEDDER_BACKENDS = {
+    "onnx": "memlora.runtime.onnx_embedder",
+    "executorch": "memlora.runtime.executorch_embedder",
+    "coreml": "memlora.runtime.coreml_embedder",
+}
 
 
 def choose_backend(name: str | None, bundle: Path | None, model: Path | None, adapters: Path | None) -> str:
@@ -70,6 +75,20 @@ def open_backend(
     return backend, Path(bundle) / "tokenizer"
 
 
+def open_embedder(name: str, bundle: Path | None = None, threads: int | None = None, verify: bool = True):
+    """The embedder retrieval runs on: the bundle's own artifact for a bundle backend whose bundle has one, else
+    the transformers reference (`memlora.embed.Embedder`; a bundle exported with --no-embedder)."""
+    if name in EMBEDDER_BACKENDS and bundle is not None:
+        from memlora.export.bundle import load_bundle
+
+        if name in load_bundle(Path(bundle), verify=False).manifest.get("embedder", {}).get("targets", {}):
+            module = importlib.import_module(EMBEDDER_BACKENDS[name])
+            return module.from_bundle(Path(bundle), threads=threads, verify=verify)
+    from memlora.embed import Embedder
+
+    return Embedder()
+
+
 def open_pipeline(
     store: Path,
     backend: str | None = None,
@@ -87,7 +106,6 @@ def open_pipeline(
 
     The options are checked and the store is opened first (read-only for verbs that only read it), so a wrong
     option or `--store` fails before a model loads."""
-    from memlora.embed import Embedder
     from memlora.paths import default_model_dir
 
     backend = choose_backend(backend, bundle, model, adapters)
@@ -107,7 +125,7 @@ def open_pipeline(
         be,
         load_tokenizer(tok_dir),
         memory,
-        Embedder(),
+        open_embedder(backend, bundle, threads, verify=False),  # the backend verified the bundle's checksums
         use_adapters=not no_adapters,
         trace=TraceWriter(trace) if trace else None,
     )

@@ -40,8 +40,15 @@ def embedder():
     return Embedder()
 
 
-def _export_tiny_bundle(target: str, model, adapters, out):
-    """A separable fp32 bundle of `target`, written through the `memlora export` verb as users run it."""
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory):
+    """A tiny random BERT sentence embedder with a WordPiece tokenizer (what the tiny bundles embed with)."""
+    return tiny.build_bert(tmp_path_factory.mktemp("tiny-bert"))
+
+
+def _export_tiny_bundle(target: str, model, adapters, out, embedder):
+    """A separable fp32 bundle of `target` with `embedder`, written through the `memlora export` verb as users
+    run it."""
     import typer
     from typer.testing import CliRunner
 
@@ -50,16 +57,18 @@ def _export_tiny_bundle(target: str, model, adapters, out):
     app = typer.Typer()
     app.command()(main)
     args = ["--model", str(model), "--adapters", str(adapters), "--target", target,
-            "--mode", "separable", "--quant", "fp32", "--max-context", "1024", "--out", str(out)]
+            "--mode", "separable", "--quant", "fp32", "--max-context", "1024", "--out", str(out),
+            "--embedder", str(embedder)]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output + repr(result.exception)
     return out
 
 
 @pytest.fixture(scope="session")
-def onnx_bundle(tiny_model, taught_adapters, tmp_path_factory):
+def onnx_bundle(tiny_model, taught_adapters, tiny_bert, tmp_path_factory):
     """A separable fp32 ONNX bundle of the taught adapters."""
-    return _export_tiny_bundle("onnx", tiny_model, taught_adapters, tmp_path_factory.mktemp("bundles") / "tiny-onnx")
+    return _export_tiny_bundle("onnx", tiny_model, taught_adapters, tmp_path_factory.mktemp("bundles") / "tiny-onnx",
+                               tiny_bert)
 
 
 @pytest.fixture(scope="session")
@@ -98,13 +107,14 @@ def one_thread():
 
 
 @pytest.fixture(scope="session")
-def et_bundle(tiny_model, taught_adapters, tmp_path_factory):
+def et_bundle(tiny_model, taught_adapters, tiny_bert, tmp_path_factory):
     """A separable fp32 ExecuTorch bundle of the taught adapters."""
     return _export_tiny_bundle("executorch", tiny_model, taught_adapters,
-                               tmp_path_factory.mktemp("bundles") / "tiny-executorch")
+                               tmp_path_factory.mktemp("bundles") / "tiny-executorch", tiny_bert)
 
 
 @pytest.fixture(scope="session")
-def coreml_bundle(tiny_model, taught_adapters, tmp_path_factory):
+def coreml_bundle(tiny_model, taught_adapters, tiny_bert, tmp_path_factory):
     """A separable Core ML bundle of the taught adapters (fp32 is Core ML's fp16)."""
-    return _export_tiny_bundle("coreml", tiny_model, taught_adapters, tmp_path_factory.mktemp("bundles") / "tiny-coreml")
+    return _export_tiny_bundle("coreml", tiny_model, taught_adapters, tmp_path_factory.mktemp("bundles") / "tiny-coreml",
+                               tiny_bert)

@@ -36,8 +36,12 @@ METRICS = frozenset([
     "task.equal_rate", "task.answer_exact", "task.answer_f1", *(f"task.equal_by_op.{op}" for op in OPERATIONS),
     *(f"gap.{part}.{m}" for part in ("quantization", "conversion") for m in _GAP),
     "size_bytes", "speed.prefill_tok_s", "speed.decode_tok_s",
+    "embedder.cosine_min", "embedder.cosine_mean", "embedder.retrieval_agreement",
 ])
 """Every numeric field of a target's report that a limit can name (docs/parity.md, JSON report)."""
+OPTIONAL_LEVELS = frozenset(["embedder"])
+"""Levels a report may lack altogether (reports written before the level existed): their limits check nothing
+there, as for a level that was not run; a field missing inside a level that is there is still an error."""
 TRACE_METRICS = frozenset(["token.top1_agreement", "token.top5_overlap", "token.greedy_exact_rate", "tensor.max_abs"])
 """The part of `METRICS` a device trace's replay measures; other limits of its precision do not apply to it."""
 ALLOWANCES = ("drop", "drop_pct", "grow", "grow_pct")
@@ -117,6 +121,8 @@ def lookup(metrics: dict, metric: str) -> tuple[bool, object]:
     skipped (``{"skipped": reason}``) or the metric came out null. A field the report lacks is an error:
     a renamed report key must not turn its limits into no-ops."""
     level, *rest = metric.split(".")
+    if level in OPTIONAL_LEVELS and level not in metrics:
+        return False, None
     if level not in metrics:
         raise MemloraError(f"threshold {metric}: the report has no {level!r} level")
     value = metrics[level]

@@ -1,0 +1,71 @@
+"""Embedder level of parity: a target's bundle embedder against the transformers reference it was exported from.
+
+Two measures per target: the cosine between its vector and the reference's for every text retrieval embeds
+in the golden conversation (its questions, its facts, its memories), and retrieval agreement -- the share of
+queries (every question and every fact) whose top-k memory ids, in order, equal the reference's, ranking the
+conversation's memories as `memlora.store.MemoryStore.search` does.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+
+from memlora.checksum import sha256_file
+from memlora.export.bundle import MANIFEST, Bundle
+
+from .prompts import Conversation
+
+TOP_K = 5
+"""Memories retrieved per query (`memlora.pipeline`'s retrieval depth)."""
+
+
+def texts(conversation: Conversation) -> tuple[list[str], list[str]]:
+    """(queries, memories): questions and facts; every memory text the conversation stores, once each."""
+    facts = [f for group in conversation.facts for f in group]
+    memories = [m.text for group in conversation.memories_before for m in group]
+    memories += [m.text for m in conversation.final_memories] + facts
+    return [*conversation.questions, *facts], list(dict.fromkeys(memories))
+
+
+@cache
+def _reference(source: str, sha256: str, all_texts: tuple[str, ...]) -> np.ndarray:
+    from memlora.embed import Embedder
+
+    return Embedder(Path(source)).embed(list(all_texts))
+
+
+def top_k(queries: np.ndarray, memories: np.ndarray, k: int = TOP_K) -> list[list[int]]:
+    """Indices of the k best memories per query, in the store's order (stable on ties)."""
+    return [list(np.argsort(-(memories @ q), kind="stable")[:k]) for q in queries]
+
+
+def embedder_level(bundle: Bundle, target: str, conversation: Conversation) -> dict | None:
+    """The embedder entry of `target`'s parity report: None when the bundle has no embedder for it, or
+    ``{"skipped": why}`` when its reference model is no longer where it was exported from."""
+    section = bundle.manifest.get("embedder")
+    if section is None or target not in section["targets"]:
+        return None
+    source = Path(section["source"])
+    weights = source / "model.safetensors"
+    if not weights.is_file() or sha256_file(weights) != section["source_sha256"]:
+        return {"skipped": f"{bundle.path / MANIFEST}: the reference embedder {source} is missing or changed"}
+    from memlora.runtime.registry import open_embedder
+
+    queries, memories = texts(conversation)
+    all_texts = (*queries, *memories)
+    ref = _reference(str(source), section["source_sha256"], all_texts)
+    got = open_embedder(target, bundle.path, verify=False).embed(list(all_texts))
+    cosine = np.sum(ref * got, axis=1) / (np.linalg.norm(ref, axis=1) * np.linalg.norm(got, axis=1))
+    n = len(queries)
+    ref_top, got_top = top_k(ref[:n], ref[n:]), top_k(got[:n], got[n:])
+    agree = [r == g for r, g in zip(ref_top, got_top)]
+    return {
+        "precision": section["targets"][target]["quantization"]["scheme"],
+        "cosine_min": float(cosine.min()), "cosine_mean": float(cosine.mean()),
+        "retrieval_agreement": float(np.mean(agree)), "top_k": min(TOP_K, len(memories)),
+        "queries": n, "memories": len(memories),
+        "disagreements": [q for q, ok in zip(all_texts[:n], agree) if not ok],
+    }
