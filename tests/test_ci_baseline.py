@@ -19,7 +19,7 @@ from memlora.runtime.parity.thresholds import load_thresholds
 def _parity(onnx_bundle, tiny_model, adapters, out, *extra):
     args = ["parity", "--bundle", str(onnx_bundle), "--model", str(tiny_model), "--adapters", str(adapters),
             "--quick", "--json", str(out / "r.json"), *map(str, extra)]
-    return CliRunner().invoke(app, args)
+    return CliRunner().invoke(app, args, env={"MEMLORA_HOME": str(out / "home")})
 
 
 def test_allowances_have_defaults_and_are_validated(tmp_path):

@@ -29,7 +29,7 @@ def failing_run(onnx_bundle, tiny_model, taught_adapters, tmp_path_factory):
     args = ["parity", "--bundle", str(onnx_bundle), "--model", str(tiny_model), "--adapters", str(taught_adapters),
             "--quick", "--thresholds", str(limits), "--json", str(out / "r.json"), "--junit", str(out / "r.xml"),
             "--summary", str(out / "r.md")]
-    result = CliRunner().invoke(app, args)
+    result = CliRunner().invoke(app, args, env={"MEMLORA_HOME": str(out / "home")})
     return result, json.loads((out / "r.json").read_text()), out, limits
 
 
