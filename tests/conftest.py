@@ -7,6 +7,21 @@ import pytest
 from tests import tiny
 
 
+@pytest.fixture(scope="session", autouse=True)
+def parity_cache_outside_home(tmp_path_factory):
+    """`memlora parity` caches reference outputs under memlora's home by default: the suite's CLI runs keep
+    theirs in a temporary directory (`real` tests still read the model from the real home)."""
+    import os
+
+    before = os.environ.get("MEMLORA_PARITY_CACHE")
+    os.environ["MEMLORA_PARITY_CACHE"] = str(tmp_path_factory.mktemp("parity-cache"))
+    yield
+    if before is None:
+        del os.environ["MEMLORA_PARITY_CACHE"]
+    else:
+        os.environ["MEMLORA_PARITY_CACHE"] = before
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory):
     """A tiny random Llama (tied embeddings, GQA) with a ChatML tokenizer."""

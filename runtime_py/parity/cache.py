@@ -35,9 +35,12 @@ FORMAT = "memlora-parity-cache/1"
 
 
 def default_root() -> Path:
+    """`MEMLORA_PARITY_CACHE` if set (a CI job may cache it on its own), else ``<memlora home>/parity-cache``."""
+    import os
+
     from memlora.paths import home
 
-    return home() / "parity-cache"
+    return Path(os.environ.get("MEMLORA_PARITY_CACHE") or home() / "parity-cache")
 
 
 def reference_context(model_dir: Path) -> int:

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from memlora.errors import MemloraError
+from memlora.backend import CheckedBackend
 from memlora.export.decoder import Decoder
 from memlora.export.lora import Adapter, fill_slots, unify_slots
 from memlora.export.quant import quantize_decoder
@@ -35,8 +35,9 @@ def simulation(recipe: QuantRecipe) -> dict:
             "compute": "exact" if recipe.compute == "fp32" else "parameters rounded to fp16, activations fp32"}
 
 
-class DecoderReference:
-    """The export-friendly decoder (static KV cache, LoRA slots) as a Backend, with a recipe simulated."""
+class DecoderReference(CheckedBackend):
+    """The export-friendly decoder (static KV cache, LoRA slots) as a Backend, with a recipe simulated; it keeps
+    the `memlora.backend.Backend` contract like every target it is compared with."""
 
     def __init__(self, model_dir: Path, adapters: dict[str, Adapter], recipe: QuantRecipe, max_context: int):
         slots = unify_slots(adapters.values()) if adapters else None
@@ -47,28 +48,26 @@ class DecoderReference:
         self._adapters = adapters
         self.adapters = tuple(adapters)
         self.max_context = self.decoder.config.max_context
+        self.vocab = self.decoder.config.vocab_size
         self._active: object = ...
 
-    def reset(self) -> None:
-        """Nothing to clear: cache positions >= start are overwritten and later ones are masked out."""
-
     def _activate(self, adapter: str | None) -> None:
-        if adapter == self._active:
-            return
-        if adapter is not None and adapter not in self._adapters:
-            raise MemloraError(f"adapter {adapter!r} is not loaded in the decoder reference")
-        fill_slots(self.decoder, self._adapters[adapter]) if adapter else self.decoder.clear_lora()
-        self._active = adapter
+        if adapter != self._active:
+            fill_slots(self.decoder, self._adapters[adapter]) if adapter else self.decoder.clear_lora()
+            self._active = adapter
 
     @torch.inference_mode()
-    def forward(self, tokens: list[int], start: int, adapter: str | None, all_logits: bool = False) -> np.ndarray:
+    def _run(self, tokens: list[int], start: int, adapter: str | None, all_logits: bool) -> np.ndarray:
         self._activate(adapter)
         logits = self.decoder(torch.tensor([tokens]), torch.arange(start, start + len(tokens)))[0]
         return (logits if all_logits else logits[-1:]).float().numpy()
 
     @torch.inference_mode()
     def hidden_states(self, tokens: list[int], adapter: str | None) -> list[np.ndarray]:
-        """Embeddings and every layer's output for a prefill of `tokens` (for localisation)."""
+        """Embeddings and every layer's output for a prefill of `tokens` from position 0 (for localisation):
+        the cache then holds that prefill, as after a `forward` of it."""
+        self.check(tokens, 0, adapter)
         self._activate(adapter)
         _, hidden = self.decoder(torch.tensor([tokens]), torch.arange(len(tokens)), return_hidden=True)
+        self.cached, self.sequence_adapter = len(tokens), adapter
         return [h[0].float().numpy() for h in hidden]
