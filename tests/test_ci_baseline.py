@@ -80,6 +80,20 @@ def test_regressions_past_their_allowance_fail_the_target(runs):
     assert "### Against the baseline" in summary and "| onnx | size_bytes |" in summary
 
 
+def test_a_re_quantized_target_is_held_to_the_baseline_and_says_what_changed(runs):
+    """Swapping a lossier bundle into a release is what the gate is for: compared, not skipped."""
+    from memlora.runtime.parity.baseline import compare
+
+    _, report, baseline, out = runs
+    swapped = json.loads(json.dumps(report))
+    onnx = swapped["targets"]["onnx"]
+    onnx["precision"], onnx["token"]["top1_agreement"] = "int4", onnx["token"]["top1_agreement"] - 0.02
+    onnx["failures"], onnx["passed"] = [], True
+    compare(swapped, json.loads(json.dumps(baseline)), out / "old.json", load_thresholds().allowances)
+    assert onnx["baseline"]["changed"] == "precision was fp32, is int4"
+    assert not onnx["passed"] and any(f.startswith("baseline: token.top1_agreement") for f in onnx["failures"])
+
+
 def test_speed_without_bench_is_not_compared_and_a_missing_target_is_skipped(runs):
     from memlora.runtime.parity.baseline import compare
 
