@@ -8,6 +8,7 @@ import importlib
 from pathlib import Path
 
 from memlora.backend import Backend
+from memlora.bundle_tokenizer import BundleTokenizer
 from memlora.errors import MemloraError
 from memlora.pipeline import MemoryPipeline
 from memlora.session import default_adapters, load_tokenizer
@@ -86,7 +87,16 @@ def open_embedder(name: str, bundle: Path | None = None, threads: int | None = N
             return module.from_bundle(Path(bundle), threads=threads, verify=verify)
     from memlora.embed import Embedder
 
+    if threads:
+        _torch_threads(threads)
     return Embedder()
+
+
+def _torch_threads(threads: int) -> None:
+    """Size torch's process-wide pool; called only where torch runs, so a bundle run never imports it."""
+    import torch
+
+    torch.set_num_threads(threads)
 
 
 def open_pipeline(
@@ -102,7 +112,8 @@ def open_pipeline(
 ) -> MemoryPipeline:
     """Build the pipeline the options describe; the default is the reference model with shipped adapters.
     `backend` None means no `--backend` was given (see `choose_backend`); `threads` sizes torch's thread pool
-    (the embedder's and the torch backend's) and a bundle runtime's.
+    (the torch backend's and the reference embedder's, where they run) and a bundle runtime's. A bundle
+    backend tokenizes with `BundleTokenizer` (no transformers, so no torch); the torch backend with transformers.
 
     The options are checked and the store is opened first (read-only for verbs that only read it), so a wrong
     option or `--store` fails before a model loads."""
@@ -116,14 +127,12 @@ def open_pipeline(
             raise MemloraError(f"{model}: no model here; run `memlora setup` (or pass --model DIR)")
         if adapters is None and not no_adapters and model == default_model_dir():
             adapters = default_adapters()
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
+    if threads and backend == "torch":
+        _torch_threads(threads)
     be, tok_dir = open_backend(backend, bundle, model, None if no_adapters else adapters, threads=threads)
     return MemoryPipeline(
         be,
-        load_tokenizer(tok_dir),
+        load_tokenizer(tok_dir) if backend == "torch" else BundleTokenizer(tok_dir),  # a bundle run imports no torch
         memory,
         open_embedder(backend, bundle, threads, verify=False),  # the backend verified the bundle's checksums
         use_adapters=not no_adapters,
