@@ -18,7 +18,7 @@ import typer
 from memlora.errors import MemloraError
 from memlora.options import Adapters, Model
 
-from . import bandwidth, peers, summary
+from . import bandwidth, embedder, peers, summary
 from .measure import BENCH_ADAPTER, BenchConfig, Job, measure_in_subprocess
 
 
@@ -97,7 +97,8 @@ def run_bench(
     config: BenchConfig = BenchConfig(),
     log: Callable[[str], None] = print,
 ) -> dict:
-    """Measure everything and return the report dict (see `summary.assemble` for its keys)."""
+    """Measure everything and return the report dict (see `summary.assemble` for its keys; ``embedders``: the
+    retrieval embedders' rows, `embedder.embedder_rows`)."""
     from tokenizers import Tokenizer
     from transformers import AutoTokenizer
 
@@ -164,8 +165,10 @@ def run_bench(
     # measured again at the end and the best kept: a busy moment at the start must not lower the limit
     info["bandwidth_gbs_start_end"] = [bw, bandwidth.read_bandwidth_gbs(config.threads)]
     bw = max(info["bandwidth_gbs_start_end"])
-    return summary.assemble(info, bw, config, prompt, bandwidth.model_config(model_dir), reference, ours,
-                            peer_rows)
+    result = summary.assemble(info, bw, config, prompt, bandwidth.model_config(model_dir), reference, ours,
+                              peer_rows)
+    result["embedders"] = embedder.embedder_rows(bundle_dirs(bundles), config.threads, config.repeats, log)
+    return result
 
 
 def main(
@@ -205,4 +208,5 @@ def main(
     if docs:
         report.write_markdown(result, docs, plot)
     typer.echo(report.table(result))
+    typer.echo(embedder.table(result["embedders"]))
     typer.echo(f"results written to {json_out}" + (f", {docs}" if docs else "") + (f", {plot}" if plot else ""))

@@ -9,6 +9,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from . import embedder
+
 
 def _atomic_write(path: Path, write) -> None:
     path = Path(path)
@@ -139,6 +141,13 @@ def write_markdown(result: dict, path: Path, plot: Path | None) -> None:
              "(ONNX: `run_with_iobinding` on a prepared binding; other targets: the whole forward). Op shares: "
              "onnxruntime's profiler over 24 decode steps of a second session.", "",
              step_table(result), "", "## Goals", "", goals_table(result), ""]
+    if result.get("embedders"):
+        text += ["## Retrieval embedder", "",
+                 "Sentences/s embedding 32 memory-like sentences in calls of 1 (a query) and of 32 (a burst of new "
+                 "facts), one warm-up then the timed repeats, in the bench's process; each bundle target's embedder "
+                 "as `memlora ask` opens it, beside eager PyTorch (`memlora.embed`) on the model it was exported from. "
+                 "ExecuTorch's embedder takes one text per call, so it has no batch-32 figure.", "",
+                 embedder.table(result["embedders"]), ""]
     _atomic_write(path, lambda p: p.write_text("\n".join(text)))
 
 
