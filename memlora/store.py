@@ -242,6 +242,9 @@ class MemoryStore:
         mems, mat = self._load()
         if not mems or k <= 0:
             return []
+        if mat.shape[1] != query.shape[-1]:
+            raise MemloraError(f"{self.path}: its memories were embedded as {mat.shape[1]}-dimensional vectors, this "
+                               f"embedder gives {query.shape[-1]}: search the store with the embedder that filled it")
         scores = mat @ query.astype(np.float32)
         order = np.argsort(-scores, kind="stable")[:k]
         return [Memory(mems[i].id, mems[i].text, mems[i].date, float(scores[i])) for i in order]

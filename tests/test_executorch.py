@@ -44,7 +44,8 @@ def exported(tiny_model, adapters, tmp_path_factory):
     out = {}
     for mode, quant in MATRIX:
         root = tmp_path_factory.mktemp(f"et-{mode}-{quant}")
-        out[mode, quant] = (root, ee.export_target(TargetRequest(tiny_model, adapters, mode, quant, 32, CTX), root))
+        entry = ee.export_target(TargetRequest(tiny_model, adapters, mode, quant, 32, CTX), root)
+        out[mode, quant] = (root, {"mode": mode, **entry})  # the manifest entry, as `memlora export` composes it
     return out
 
 

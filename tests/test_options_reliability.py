@@ -69,7 +69,7 @@ def test_export_checks_every_target_s_mode_and_quant_before_building_any(tiny_mo
     out = tmp_path / "bundle"
     code, stdout, stderr = cli("export", "--model", tiny_model, "--adapters", tiny_adapters, "--target", "coreml,onnx",
                                "--quant", "fp16", "--out", out, home=tmp_path)
-    assert_one_line_error(code, stdout, stderr, "ONNX export: mode must be one of")
+    assert_one_line_error(code, stdout, stderr, "ONNX export: --quant fp16 is not supported")
     assert "coreml:" not in stdout and not out.exists()
 
 
@@ -134,7 +134,7 @@ def test_model_or_adapters_with_a_bundle_backend_is_refused(onnx_bundle, tiny_lo
 
 def test_bundle_without_backend_runs_the_bundle_s_only_target(onnx_bundle, tmp_path):
     """No model is set up in this MEMLORA_HOME: an answer means the ONNX bundle ran, not the torch reference."""
-    a_store(tmp_path / "s.sqlite")
+    a_store(tmp_path / "s.sqlite", dim=json.loads((onnx_bundle / "manifest.json").read_text())["embedder"]["dim"])
     code, stdout, stderr = cli("ask", "What did Caroline do?", "--store", tmp_path / "s.sqlite", "--bundle", onnx_bundle,
                                home=tmp_path)
     assert code == 0, stdout + stderr
@@ -217,3 +217,12 @@ def test_eval_passes_threads_to_the_pipeline(onnx_bundle, tiny_locomo, tmp_path,
                                "--backend", "onnx", "--bundle", onnx_bundle, home=tmp_path)
     assert_one_line_error(code, stdout, stderr, "stopped")
     assert seen["threads"] == 3
+
+
+def test_a_store_embedded_by_another_embedder_is_one_line_error(onnx_bundle, tmp_path):
+    """MiniLM-wide memories searched with the bundle's (tiny) embedder: named, not a numpy traceback."""
+    a_store(tmp_path / "s.sqlite", dim=384)
+    code, stdout, stderr = cli("ask", "What did Caroline do?", "--store", tmp_path / "s.sqlite", "--bundle", onnx_bundle,
+                               home=tmp_path)
+    assert_one_line_error(code, stdout, stderr, f"{tmp_path / 's.sqlite'}: its memories were embedded as "
+                          "384-dimensional vectors, this embedder gives 32")

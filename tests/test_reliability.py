@@ -49,9 +49,10 @@ def digest(path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def a_store(path, texts=("Caroline went to a support group",)) -> MemoryStore:
+def a_store(path, texts=("Caroline went to a support group",), dim: int = 384) -> MemoryStore:
+    """A store of `texts` embedded as `dim`-wide vectors (MiniLM's 384 by default, so the pipeline can search it)."""
     s = MemoryStore(path)
-    vec = np.ones(384, np.float32) / np.sqrt(384)  # MiniLM's width, so the pipeline can search it
+    vec = np.ones(dim, np.float32) / np.sqrt(dim)
     s.apply("k0", ["D1:1"], "8 May 2023", list(texts), [Change("ADD", None, t, vec) for t in texts])
     return s
 
