@@ -73,20 +73,12 @@ def select(rows: list[Row], patterns: str | None) -> list[Row]:
     return chosen
 
 
-def figure(report_target: dict, metric: str):
-    value = report_target
-    for part in metric.split("."):
-        if not isinstance(value, dict) or part not in value:
-            return None
-        value = value[part]
-    return value
-
-
 def run_row(row: Row, model_dir: Path, adapters_dir: Path, work: Path, quick: bool, block_size: int,
             progress: Callable[[str], None]) -> dict:
     """Export one row's bundle, run parity on it, and return its result (the bundle is removed afterwards)."""
     from memlora.export.command import export_bundle
     from memlora.runtime.parity.run import run_parity
+    from memlora.runtime.parity.thresholds import lookup
 
     bundle = work / row.key.replace(":", "-")
     started = time.perf_counter()
@@ -103,7 +95,7 @@ def run_row(row: Row, model_dir: Path, adapters_dir: Path, work: Path, quick: bo
         "row": row.key, "target": row.target, "mode": row.mode, "quant": row.quant, "scheme": t["precision"],
         "recipe": t["recipe"], "size_bytes": t["size_bytes"], "export_s": round(export_s, 1),
         "parity_s": round(parity_s, 1), "passed": t["passed"], "failures": t["failures"],
-        "figures": {m: figure(t, m) for m in KEY_FIGURES},
+        "figures": {m: lookup(t, m)[1] for m in KEY_FIGURES},
         "decode_tok_s": t["speed"]["decode_tok_s"], "first_divergent_layer": t["first_divergent_layer"],
         "quick": quick, "memlora_version": __version__, "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
