@@ -1,5 +1,6 @@
 """The on-device core (device_core/, C++) through its host runner, against the Python side on the same bundle:
-sha256 equal to hashlib, the bundle checks and their one-line errors equal to export/bundle.py's."""
+sha256 equal to hashlib, the bundle checks and their one-line errors equal to export/bundle.py's, tokenizer ids
+and texts equal to the `tokenizers` library's."""
 
 from __future__ import annotations
 
@@ -14,10 +15,26 @@ from pathlib import Path
 
 import pytest
 
+from memlora.bundle_tokenizer import BundleTokenizer
 from memlora.errors import MemloraError
 from memlora.export.bundle import MANIFEST, SCHEMA_VERSION, load_bundle
 
 ROOT = Path(__file__).resolve().parents[1]
+
+CORPUS = [
+    "", " ", "   ", "\n", "\n\n\n", "\t", "\t\tindented\twith tabs", "trailing spaces   ", "   leading", "a  b   c    d",
+    "line one\nline two\r\nline three\n", "Caroline went to a support group on 7 May 2023.",
+    "I'm sure they'll say it's fine; DON'T you think we've, you'd, I'd?", "x's 'quoted' ''",
+    '{"facts": ["Caroline likes painting", "Melanie has 3 kids"]}',
+    '{"memory": [{"id": "0", "text": "x", "event": "ADD", "old_memory": ""}]}',
+    "0123456789 3.14159 1,000,000 -42 +7 1e-5 2023-05-08 12:30", "٣٤٥ ½ ² Ⅻ",
+    "emoji 😀🎸☕ 👩‍👩‍👧 🇫🇷 ❤️ 👍🏽", "日本語のテキスト、中文文本。한국어", "Ünïcödé café naïve façade", "e\u0301 combining",
+    "Привет мир", "مرحبا بالعالم", "नमस्ते दुनिया", "∑ ∫ √ ≤ ≥ ≠ → ← ∞", "nbsp\u00a0here nel\u0085here ideo\u3000space",
+    "line\u2028separator and\u2029paragraph", "zero\u200bwidth", "<|im_start|>user\nhello<|im_end|>\n<|im_start|>assistant\n",
+    "<|im_end|><|im_start|><|endoftext|>", "text<|im_end|>text", "<|im_st partial <|im_end", "<<|im_end|>>",
+    "symbols !@#$%^&*()_+-=[]{}|;:,.<>/?`~", "    code:\n        return x  # comment\n",
+]
+
 
 @pytest.fixture(scope="session")
 def core() -> Path:
@@ -97,3 +114,62 @@ def test_bundle_problems_are_the_python_side_errors(core, et_bundle, tmp_path):
     assert "memlora-bundle/3" not in core_error(core, "verify", "--bundle", bundle).split(": ", 1)[0]
     (bundle / MANIFEST).write_text(json.dumps(manifest))
     assert run(core, "verify", "--bundle", bundle).returncode == 0
+
+
+def encode_decode(core: Path, source: list[str], texts: list[str]) -> tuple[list[list[int]], dict[bool, list[str]]]:
+    """The core's ids of `texts`, and its decoding of those ids (and of every prefix of them) per skip flag."""
+    out = run(core, "tokenize", *source, stdin="".join(json.dumps(t) + "\n" for t in texts))
+    assert out.returncode == 0, out.stderr
+    ids = [json.loads(line) for line in out.stdout.split("\n")[:-1]]
+    prefixes = [i[:k] for i in ids for k in range(len(i) + 1)]
+    decoded = {}
+    for skip in (False, True):
+        out = run(core, "detokenize", *source, *(["--skip-special"] if skip else []),
+                  stdin="".join(json.dumps(p) + "\n" for p in prefixes))
+        assert out.returncode == 0, out.stderr
+        decoded[skip] = [json.loads(line) for line in out.stdout.split("\n")[:-1]]
+    return ids, decoded
+
+
+def assert_tokenizer_matches(core: Path, source: list[str], tokenizer_dir: Path, extra: list[str]) -> int:
+    """Ids of the corpus (and of `extra` texts) and the decoding of every id prefix -- cut UTF-8 included --
+    equal the `tokenizers` library's; returns how many ids were compared."""
+    ref = BundleTokenizer(tokenizer_dir)
+    texts = CORPUS + extra
+    ids, decoded = encode_decode(core, source, texts)
+    assert ids == [ref.encode(t, add_special_tokens=False) for t in texts]
+    prefixes = [i[:k] for i in ids for k in range(len(i) + 1)]
+    for skip in (False, True):
+        assert decoded[skip] == [ref.decode(p, skip_special_tokens=skip) for p in prefixes]
+    return sum(map(len, ids))
+
+
+def rendered_prompts(tokenizer_dir: Path) -> list[str]:
+    """Every pipeline prompt as the chat template renders it (what the core will tokenize on a phone)."""
+    from tests.test_bundle_tokenizer import pipeline_prompts
+
+    tok = BundleTokenizer(tokenizer_dir)
+    return [tok.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in pipeline_prompts()]
+
+
+def test_tokenizer_ids_equal_tokenizers_on_the_bundle(core, et_bundle):
+    tok_dir = et_bundle / "tokenizer"
+    compared = assert_tokenizer_matches(core, ["--bundle", et_bundle], tok_dir, rendered_prompts(tok_dir))
+    assert compared > 2500
+
+
+@pytest.mark.real
+def test_tokenizer_ids_equal_tokenizers_on_the_default_model(core):
+    """SmolLM2-135M's own tokenizer.json (49152 tokens, 48900 merges)."""
+    from memlora.paths import default_model_dir
+
+    tok_dir = default_model_dir()
+    assert assert_tokenizer_matches(core, ["--tokenizer", tok_dir / "tokenizer.json"], tok_dir,
+                                    rendered_prompts(tok_dir)) > 1500
+
+
+def test_unsupported_tokenizer_is_one_line_naming_the_file(core, et_bundle, tmp_path):
+    doc = json.loads((et_bundle / "tokenizer" / "tokenizer.json").read_text())
+    bad = tmp_path / "tokenizer.json"
+    bad.write_text(json.dumps({**doc, "normalizer": {"type": "NFC"}}))
+    assert core_error(core, "tokenize", "--tokenizer", bad).startswith(f"{bad}: not a tokenizer the core reads at normalizer: ")

@@ -4,6 +4,8 @@
 //   memlora-core version                          schema versions the core reads and writes (JSON)
 //   memlora-core sha256 FILE...                   hex sha256 of each file, as sha256sum prints it
 //   memlora-core verify --bundle B                manifest and every file's sha256
+//   memlora-core tokenize (--bundle B | --tokenizer FILE)     JSONL of strings in, JSONL of id lists out
+//   memlora-core detokenize (--bundle B | --tokenizer FILE) [--skip-special]   JSONL of id lists in, strings out
 //
 // Errors are one line on stderr, "error: <file>: <problem>", with exit code 2 (as the memlora CLI).
 #include <iostream>
@@ -15,6 +17,7 @@
 #include "../src/error.h"
 #include "../src/json_view.h"
 #include "../src/sha256.h"
+#include "../src/tokenizer.h"
 
 using namespace memlora;
 
@@ -33,11 +36,11 @@ struct Args {
   bool flag(const std::string& name) const { return options.count(name) > 0; }
 };
 
-const std::vector<std::string> FLAGS = {};
+const std::vector<std::string> FLAGS = {"skip-special"};
 
 Args parse_args(int argc, char** argv) {
   Args args;
-  if (argc < 2) throw Error("usage: memlora-core version|sha256|verify ... (see device_core/README.md)");
+  if (argc < 2) throw Error("usage: memlora-core version|sha256|verify|tokenize|detokenize ... (see device_core/README.md)");
   args.command = argv[1];
   for (int i = 2; i < argc; ++i) {
     std::string a = argv[i];
@@ -57,6 +60,30 @@ Args parse_args(int argc, char** argv) {
   return args;
 }
 
+Tokenizer open_tokenizer(const Args& args) {
+  if (args.flag("tokenizer")) return Tokenizer::from_file(args.required("tokenizer"));
+  const Bundle bundle = load_bundle(args.required("bundle"));
+  return Tokenizer::from_file(bundle.file(bundle.manifest.tokenizer_dir + "/tokenizer.json"));
+}
+
+// One JSON value per input line: strings to ids, or ids to strings.
+int tokenize(const Args& args, bool encode) {
+  const Tokenizer tokenizer = open_tokenizer(args);
+  std::string line;
+  for (int n = 1; std::getline(std::cin, line); ++n) {
+    const Json value = parse_json(line, "stdin:" + std::to_string(n));
+    JsonView v(value, "stdin:" + std::to_string(n) + ": expected " + (encode ? "a JSON string" : "a list of ids"));
+    if (encode) {
+      std::cout << Json(tokenizer.encode(v.string())).dump() << "\n";
+    } else {
+      std::vector<int> ids;
+      for (int64_t id : v.integers()) ids.push_back(int(id));
+      std::cout << Json(tokenizer.decode(ids, args.flag("skip-special"))).dump() << "\n";
+    }
+  }
+  return 0;
+}
+
 int run(const Args& args) {
   if (args.command == "version") {
     std::cout << Json{{"bundle_schema", BUNDLE_SCHEMA}}.dump() << "\n";
@@ -71,6 +98,8 @@ int run(const Args& args) {
     std::cout << bundle.path << ": ok (" << bundle.manifest.files.size() << " files checked)\n";
     return 0;
   }
+  if (args.command == "tokenize") return tokenize(args, true);
+  if (args.command == "detokenize") return tokenize(args, false);
   throw Error("unknown command '" + args.command + "' (see device_core/README.md)");
 }
 
