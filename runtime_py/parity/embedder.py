@@ -57,10 +57,9 @@ def embedder_level(bundle: Bundle, target: str, conversation: Conversation) -> d
     section = bundle.manifest.get("embedder")
     if section is None or target not in section["targets"]:
         return None
-    source = Path(section["source"])
-    weights = source / "model.safetensors"
-    if not weights.is_file() or sha256_file(weights) != section["source_sha256"]:
-        return {"skipped": f"{bundle.path / MANIFEST}: the reference embedder {source} is missing or changed"}
+    source = _source(bundle)
+    if source is None:
+        return {"skipped": f"{bundle.path / MANIFEST}: the reference embedder {section['source']} is missing or changed"}
     from memlora.runtime.registry import open_embedder
 
     queries, memories = texts(conversation)
@@ -78,3 +77,27 @@ def embedder_level(bundle: Bundle, target: str, conversation: Conversation) -> d
         "queries": n, "memories": len(memories),
         "disagreements": [q for q, ok in zip(all_texts[:n], agree) if not ok],
     }
+
+
+def _source(bundle: Bundle) -> Path | None:
+    """The model the bundle's embedder was exported from, if it is still there unchanged."""
+    section = bundle.manifest.get("embedder")
+    if section is None:
+        return None
+    source = Path(section["source"])
+    weights = source / "model.safetensors"
+    return source if weights.is_file() and sha256_file(weights) == section["source_sha256"] else None
+
+
+def task_embedders(bundle: Bundle, targets: list[str]) -> tuple[object, dict[str, object]]:
+    """(reference, per target) embedders of the task level. A target with its own embedder in the bundle
+    retrieves with it (the whole pipeline then runs on the bundle's artifacts, as `memlora ask --bundle` does)
+    against the reference it was exported from; without one, or when that source is gone, both sides use the
+    reference, so the task level still compares the decoders."""
+    from memlora.embed import Embedder
+    from memlora.runtime.registry import open_embedder
+
+    source = _source(bundle)
+    reference = Embedder(source) if source is not None else Embedder()
+    own = bundle.manifest.get("embedder", {}).get("targets", {}) if source is not None else {}
+    return reference, {t: open_embedder(t, bundle.path, verify=False) if t in own else reference for t in targets}

@@ -20,7 +20,7 @@ from memlora.recipe import QuantRecipe
 
 from . import prompts as golden_set
 from .compare import CHUNK, recipe_key, run_golden
-from .embedder import embedder_level
+from .embedder import embedder_level, task_embedders
 from .cache import ReferenceCache, reference_context, reference_key
 from .localise import localise
 from .reference import DecoderReference, fp32_reference
@@ -126,7 +126,8 @@ def run_parity(
     golden = [p for p in golden if len(p.ids) + decode_tokens < context]
     conv = _shorten(conversation) if quick else conversation
     settings = {"golden": [[p.label, p.op, p.ids] for p in golden], "decode_tokens": decode_tokens, "quick": quick,
-                "eos_ids": sorted(bundle.eos_ids), "conversation": conv, "task": bool(task and targets)}
+                "eos_ids": sorted(bundle.eos_ids), "conversation": conv, "task": bool(task and targets),
+                "embedder": bundle.manifest.get("embedder", {}).get("source_sha256")}
     ref_cache = ReferenceCache(cache, reference_key(Path(model_dir), Path(adapters_dir), bundle.path / "tokenizer",
                                                     settings), progress)
 
@@ -139,11 +140,9 @@ def run_parity(
 
     ref_task = None
     if task and targets:
-        from memlora.embed import Embedder
-
-        embedder = Embedder()
+        ref_embedder, embedders = task_embedders(bundle, [t.name for t in targets])
         progress("task level: memory pipeline on the reference")
-        ref_task = run_task(reference, tokenizer, embedder, conv)
+        ref_task = run_task(reference, tokenizer, ref_embedder, conv)
     ref_cache.commit()
 
     report_targets = {}
@@ -165,7 +164,7 @@ def run_parity(
             entry["task"] = {"skipped": f"target lacks adapters {sorted(missing)}"}
         elif ref_task is not None:
             progress(f"task level: memory pipeline on {t.name}")
-            entry["task"] = compare_task(ref_task, run_task(t.backend, tokenizer, embedder, conv))
+            entry["task"] = compare_task(ref_task, run_task(t.backend, tokenizer, embedders[t.name], conv))
         entry["embedder"] = embedder_level(bundle, t.name, conversation)
         failures = judge(entry, thresholds, t.name, t.precision)
         worst = runs[t.name].worst_prompt[1]
