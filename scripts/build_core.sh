@@ -2,7 +2,7 @@
 # Build the on-device core's host runner, build/core/memlora-core, from device_core/ with g++ against the
 # ExecuTorch runtime the executorch wheel in .venv ships (headers and shared libraries). Plain g++, no CMake:
 # the wheel's CMake config wants CMake >= 3.28. Incremental: an object is rebuilt only when its source, a
-# header under device_core/ or the compiler flags changed; the link only when an object did.
+# header it includes or the compiler flags changed; the link only when an object did.
 # Needs g++, nlohmann-json3-dev and libpcre2-dev (scripts/bootstrap.sh installs them on Debian).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,25 +17,32 @@ for header in nlohmann/json.hpp pcre2.h; do
     [ -f "/usr/include/$header" ] || { echo "build_core.sh: /usr/include/$header not found (apt-get install nlohmann-json3-dev libpcre2-dev)" >&2; exit 2; }
 done
 # On Linux the kernels of llama::custom_sdpa / llama::update_cache load only after libpython (see device_core/README.md).
-CXXFLAGS=(-std=c++17 -O2 -g0 -Wall -Wextra -Wno-unused-parameter -fPIC -DC10_USING_CUSTOM_GENERATED_MACROS
-          -I"$ET/include" -I"$ET/include/executorch/runtime/core/portable_type/c10"
+CXXFLAGS=(-std=c++17 -O2 -g0 -MMD -Wall -Wextra -Wno-unused-parameter -fPIC -DC10_USING_CUSTOM_GENERATED_MACROS
+          -isystem "$ET/include" -isystem "$ET/include/executorch/runtime/core/portable_type/c10"
           -DMEMLORA_LIBPYTHON="\"$LIBDIR/$SONAME\""
           -DMEMLORA_CUSTOM_OPS="\"$ET/extension/llm/custom_ops/libcustom_ops_aot_lib.so\"")
 LDFLAGS=(-L"$ET/lib" -Wl,-rpath,"$ET/lib" -Wl,--no-as-needed -lexecutorch -lexecutorch_kernels_optimized
          -lexecutorch_backend_xnnpack -lexecutorch_threadpool -Wl,--as-needed -lpcre2-8 -ldl -lpthread)
 mkdir -p "$OUT/obj"
 FLAGS="${CXXFLAGS[*]} | ${LDFLAGS[*]}"
-[ -f "$OUT/flags" ] && [ "$(cat "$OUT/flags")" = "$FLAGS" ] || { rm -f "$OUT"/obj/*.o; printf '%s' "$FLAGS" > "$OUT/flags"; }
+[ -f "$OUT/flags" ] && [ "$(cat "$OUT/flags")" = "$FLAGS" ] || { rm -f "$OUT"/obj/*.[od]; printf '%s' "$FLAGS" > "$OUT/flags"; }
 
 SOURCES=(device_core/src/*.cpp device_core/host/*.cpp)
+# an object is stale when its source or a header it included (its -MMD list) is newer
+stale_object() {
+    local obj=$1 dep
+    [ -f "$obj" ] && [ -f "${obj%.o}.d" ] || return 0
+    for dep in $(sed -e 's/^[^:]*://' -e 's/\\$//' "${obj%.o}.d"); do
+        [ "$dep" -nt "$obj" ] && return 0
+    done
+    return 1
+}
 OBJECTS=()
 stale=()
 for src in "${SOURCES[@]}"; do
     obj="$OUT/obj/$(basename "${src%.cpp}").o"
     OBJECTS+=("$obj")
-    if [ ! -f "$obj" ] || [ "$src" -nt "$obj" ] || [ -n "$(find device_core -name '*.h' -newer "$obj" -print -quit)" ]; then
-        stale+=("$src")
-    fi
+    if stale_object "$obj"; then stale+=("$src"); fi
 done
 if [ ${#stale[@]} -gt 0 ]; then
     echo "build_core.sh: compiling ${#stale[@]} of ${#SOURCES[@]} sources" >&2

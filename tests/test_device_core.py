@@ -17,7 +17,7 @@ import pytest
 
 from memlora.bundle_tokenizer import BundleTokenizer
 from memlora.errors import MemloraError
-from memlora.export.bundle import MANIFEST, SCHEMA_VERSION, load_bundle
+from memlora.export.bundle import MANIFEST, SCHEMA_VERSION, checksums, load_bundle
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -173,3 +173,55 @@ def test_unsupported_tokenizer_is_one_line_naming_the_file(core, et_bundle, tmp_
     bad = tmp_path / "tokenizer.json"
     bad.write_text(json.dumps({**doc, "normalizer": {"type": "NFC"}}))
     assert core_error(core, "tokenize", "--tokenizer", bad).startswith(f"{bad}: not a tokenizer the core reads at normalizer: ")
+
+
+def resign(bundle: Path) -> None:
+    """Re-sign a modified bundle, so the change reaches the runtime instead of failing the checksum."""
+    manifest = json.loads((bundle / MANIFEST).read_text())
+    manifest["files"] = checksums(bundle)
+    (bundle / MANIFEST).write_text(json.dumps(manifest))
+
+
+def selftest(core: Path, bundle: Path, tmp_path: Path) -> tuple[subprocess.CompletedProcess, dict]:
+    report = tmp_path / "selftest.json"
+    result = run(core, "selftest", "--bundle", bundle, "--json", report)
+    assert result.stderr == "", result.stderr
+    return result, json.loads(report.read_text())
+
+
+def test_selftest_replays_the_golden_traces_identically(core, et_bundle, tmp_path):
+    """The golden prompts' ids in, on ExecuTorch's C++ runtime: the reference's output ids, stop reasons and
+    texts out, and its top-k logits to the trace's 5 decimals."""
+    result, report = selftest(core, et_bundle, tmp_path)
+    golden = [json.loads(line) for line in (et_bundle / "golden" / "traces.jsonl").read_text().splitlines()]
+    assert result.returncode == 0 and report["passed"], result.stdout
+    assert [(r["op"], r["tokens"], r["stop"]) for r in report["records"]] == \
+        [(g["op"], len(g["output_ids"]), g["stop_reason"]) for g in golden]
+    assert all(r["passed"] and r["first_divergence"] is None and r["text_equal"] for r in report["records"])
+    assert all(r["topk_steps_compared"] == len(g["topk"]) for r, g in zip(report["records"], golden))
+    assert max(r["topk_max_abs"] for r in report["records"]) <= 2e-5
+    assert f"selftest: {len(golden)} of {len(golden)} golden records identical" in result.stdout
+
+
+def test_selftest_reports_a_mismatch_and_exits_nonzero(core, et_bundle, tmp_path):
+    bundle = tmp_path / "b"
+    shutil.copytree(et_bundle, bundle)
+    golden = bundle / "golden" / "traces.jsonl"
+    records = [json.loads(line) for line in golden.read_text().splitlines()]
+    records[2]["output_ids"][3] += 1  # the reference "chose" another token at position 3 of record 3
+    golden.write_text("".join(json.dumps(r) + "\n" for r in records))
+    resign(bundle)
+    result, report = selftest(core, bundle, tmp_path)
+    assert result.returncode == 1 and not report["passed"]
+    assert [r["line"] for r in report["records"] if not r["passed"]] == [3]
+    assert report["records"][2]["first_divergence"] == 3
+    assert f"{golden}:3 mem_update: MISMATCH" in result.stdout
+
+
+def test_a_broken_program_is_one_line_naming_it(core, et_bundle, tmp_path):
+    bundle = tmp_path / "b"
+    shutil.copytree(et_bundle, bundle)
+    program = bundle / "executorch" / "model.pte"
+    program.write_bytes(program.read_bytes()[: program.stat().st_size // 2])
+    resign(bundle)
+    assert core_error(core, "selftest", "--bundle", bundle).startswith(f"{program}")

@@ -6,16 +6,21 @@
 //   memlora-core verify --bundle B                manifest and every file's sha256
 //   memlora-core tokenize (--bundle B | --tokenizer FILE)     JSONL of strings in, JSONL of id lists out
 //   memlora-core detokenize (--bundle B | --tokenizer FILE) [--skip-special]   JSONL of id lists in, strings out
+//   memlora-core selftest --bundle B [--json FILE]   replay the golden traces; exit 1 on any mismatch
 //
 // Errors are one line on stderr, "error: <file>: <problem>", with exit code 2 (as the memlora CLI).
+#include <cstdio>
+#include <fstream>
 #include <iostream>
-#include <map>
 #include <string>
 #include <vector>
 
+#include "args.h"
 #include "../src/bundle.h"
 #include "../src/error.h"
+#include "../src/executorch_backend.h"
 #include "../src/json_view.h"
+#include "../src/selftest.h"
 #include "../src/sha256.h"
 #include "../src/tokenizer.h"
 
@@ -23,47 +28,52 @@ using namespace memlora;
 
 namespace {
 
-struct Args {
-  std::string command;
-  std::map<std::string, std::string> options;  // --name value; a flag holds ""
-  std::vector<std::string> positional;
+const char* USAGE = "usage: memlora-core version|sha256|verify|tokenize|detokenize|selftest ... (see device_core/README.md)";
 
-  std::string required(const std::string& name) const {
-    auto it = options.find(name);
-    if (it == options.end() || it->second.empty()) throw Error(command + ": pass --" + name);
-    return it->second;
-  }
-  bool flag(const std::string& name) const { return options.count(name) > 0; }
-};
-
-const std::vector<std::string> FLAGS = {"skip-special"};
-
-Args parse_args(int argc, char** argv) {
-  Args args;
-  if (argc < 2) throw Error("usage: memlora-core version|sha256|verify|tokenize|detokenize ... (see device_core/README.md)");
-  args.command = argv[1];
-  for (int i = 2; i < argc; ++i) {
-    std::string a = argv[i];
-    if (a.rfind("--", 0) != 0) {
-      args.positional.push_back(a);
-      continue;
-    }
-    const std::string name = a.substr(2);
-    const bool is_flag = std::find(FLAGS.begin(), FLAGS.end(), name) != FLAGS.end();
-    if (is_flag) {
-      args.options[name] = "";
-    } else {
-      if (i + 1 >= argc) throw Error(args.command + ": --" + name + " needs a value");
-      args.options[name] = argv[++i];
-    }
-  }
-  return args;
+Tokenizer bundle_tokenizer(const Bundle& bundle) {
+  return Tokenizer::from_file(bundle.file(bundle.manifest.tokenizer_dir + "/tokenizer.json"));
 }
 
 Tokenizer open_tokenizer(const Args& args) {
-  if (args.flag("tokenizer")) return Tokenizer::from_file(args.required("tokenizer"));
+  if (args.has("tokenizer")) return Tokenizer::from_file(args.required("tokenizer"));
+  return bundle_tokenizer(load_bundle(args.required("bundle")));
+}
+
+void write_json(const std::string& path, const Json& value) {
+  std::ofstream out(path);
+  out << value.dump(1) << "\n";
+  if (!out) throw Error(path + ": cannot write");
+}
+
+std::string fixed(double v, int decimals) {
+  char buffer[64];
+  std::snprintf(buffer, sizeof buffer, "%.*f", decimals, v);
+  return buffer;
+}
+
+int run_selftest(const Args& args) {
   const Bundle bundle = load_bundle(args.required("bundle"));
-  return Tokenizer::from_file(bundle.file(bundle.manifest.tokenizer_dir + "/tokenizer.json"));
+  const Tokenizer tokenizer = bundle_tokenizer(bundle);
+  ExecuTorchBackend backend(bundle);
+  const SelftestReport report = selftest(bundle, backend, tokenizer);
+  int identical = 0;
+  for (const ReplayResult& r : report.records) {
+    identical += r.passed;
+    std::cout << report.golden_file << ":" << r.line << " " << r.op << ": ";
+    if (r.passed) {
+      std::cout << "identical (" << r.tokens << " tokens, " << r.stop << "; top-k logits within "
+                << r.topk_max_abs << " over " << r.topk_steps_compared << " steps)\n";
+    } else {
+      std::cout << "MISMATCH (" << r.tokens << " tokens, " << r.stop << "; golden " << r.expected_tokens << ", "
+                << r.expected_stop << (r.first_divergence >= 0 ? "; first differing token " + std::to_string(r.first_divergence) : "")
+                << (r.text_equal ? "" : "; text differs") << ")\n";
+    }
+  }
+  std::cout << "selftest: " << identical << " of " << report.records.size() << " golden records identical; prefill "
+            << fixed(report.prompt_tokens / report.prefill_seconds, 1) << " tok/s, decode "
+            << fixed(report.decode_steps / report.decode_seconds, 1) << " tok/s\n";
+  if (args.has("json")) write_json(args.required("json"), report.to_json());
+  return report.passed() ? 0 : 1;
 }
 
 // One JSON value per input line: strings to ids, or ids to strings.
@@ -78,7 +88,7 @@ int tokenize(const Args& args, bool encode) {
     } else {
       std::vector<int> ids;
       for (int64_t id : v.integers()) ids.push_back(int(id));
-      std::cout << Json(tokenizer.decode(ids, args.flag("skip-special"))).dump() << "\n";
+      std::cout << Json(tokenizer.decode(ids, args.has("skip-special"))).dump() << "\n";
     }
   }
   return 0;
@@ -100,14 +110,15 @@ int run(const Args& args) {
   }
   if (args.command == "tokenize") return tokenize(args, true);
   if (args.command == "detokenize") return tokenize(args, false);
-  throw Error("unknown command '" + args.command + "' (see device_core/README.md)");
+  if (args.command == "selftest") return run_selftest(args);
+  throw Error("unknown command '" + args.command + "'; " + USAGE);
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
   try {
-    return run(parse_args(argc, argv));
+    return run(parse_args(argc, argv, {"skip-special"}, USAGE));
   } catch (const Error& e) {
     std::cerr << "error: " << e.what() << "\n";
     return 2;

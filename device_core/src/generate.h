@@ -1,0 +1,38 @@
+// The decode loop, as memlora/generate.py runs it on every backend: greedy (argmax, ties to the lowest id),
+// ends on an eos id, a stop string in the decoded text, or the token budget (the smaller of max_new_tokens
+// and the room left in the context).
+//
+// Seam: a constrained operation (docs/constraints.md, memlora/constrain.py, being defined) will mask the
+// logits right before the argmax below; nothing else in the loop changes.
+#pragma once
+
+#include <set>
+#include <string>
+#include <vector>
+
+#include "backend.h"
+#include "tokenizer.h"
+#include "trace.h"
+
+namespace memlora {
+
+struct GenerationConfig {
+  int max_new_tokens = 256;
+  std::vector<std::string> stop;
+  int trace_top_k = 5;
+};
+
+struct Generation {
+  TraceRecord record;          // what a trace file holds for this call (backend, op, ids, top-k, text)
+  double prefill_seconds = 0;  // the prompt's forward pass
+  double decode_seconds = 0;   // every later forward pass
+  int decode_steps = 0;        // forward passes after the prompt's
+};
+
+// Greedy-decode from `prompt_ids` with `adapter` active; Error "prompt of N tokens leaves no room in a
+// context of C" when nothing can be generated.
+Generation generate(Backend& backend, const Tokenizer& tokenizer, const std::vector<int>& prompt_ids,
+                    const AdapterName& adapter, const GenerationConfig& config, const std::set<int>& eos_ids,
+                    const std::string& op);
+
+}  // namespace memlora
