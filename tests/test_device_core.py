@@ -225,3 +225,39 @@ def test_a_broken_program_is_one_line_naming_it(core, et_bundle, tmp_path):
     program.write_bytes(program.read_bytes()[: program.stat().st_size // 2])
     resign(bundle)
     assert core_error(core, "selftest", "--bundle", bundle).startswith(f"{program}")
+
+
+def test_device_traces_of_the_core_pass_parity_and_a_tampered_one_fails(core, et_bundle, tiny_model, taught_adapters,
+                                                                        tmp_path):
+    """`memlora-core generate` on every golden prompt writes the records `memlora parity --trace` replays on the
+    fp32 reference: every step agrees. A copy of the first record whose device chose another token at step 1
+    (labelled as another device, so one parity run judges both) fails there."""
+    from typer.testing import CliRunner
+
+    from memlora.cli import app
+
+    golden = [json.loads(line) for line in (et_bundle / "golden" / "traces.jsonl").read_text().splitlines()]
+    budget = json.loads((et_bundle / MANIFEST).read_text())["golden"]["max_new_tokens"]
+    trace = tmp_path / "device.jsonl"
+    for g in golden:
+        result = run(core, "generate", "--bundle", et_bundle, "--op", g["op"], "--max-new-tokens", budget,
+                     "--prompt-ids", ",".join(map(str, g["prompt_ids"])), "--trace", trace)
+        assert result.returncode == 0 and result.stderr == "", result.stderr
+        assert json.loads(result.stdout)["output_ids"] == g["output_ids"]
+    records = [json.loads(line) for line in trace.read_text().splitlines()]
+    assert [(r["backend"], r["op"], r["output_ids"], r["text"]) for r in records] == \
+        [("executorch", g["op"], g["output_ids"], g["text"]) for g in golden]
+    tampered = json.loads(json.dumps(records[0]))
+    tampered["backend"] = "tampered"
+    tampered["topk"][1]["ids"][0] = (tampered["topk"][1]["ids"][0] + 1) % 100
+    with trace.open("a") as f:
+        f.write(json.dumps(tampered) + "\n")
+    args = ["parity", "--bundle", str(et_bundle), "--targets", "", "--model", str(tiny_model), "--adapters",
+            str(taught_adapters), "--trace", str(trace), "--quick", "--json", str(tmp_path / "r.json")]
+    result = CliRunner().invoke(app, args)
+    reports = json.loads((tmp_path / "r.json").read_text())["traces"]
+    assert result.exit_code == 1, result.output
+    good, bad = reports["executorch"], reports["tampered"]
+    assert good["passed"] and good["records"] == len(golden) and good["tensor"]["max_abs"] < 1e-4
+    assert good["token"]["top1_agreement"] == 1.0 and good["token"]["greedy_exact_rate"] == 1.0
+    assert not bad["passed"] and bad["token"]["first_divergence"] == {"position": 1, "line": len(golden) + 1}

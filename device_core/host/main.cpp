@@ -7,11 +7,17 @@
 //   memlora-core tokenize (--bundle B | --tokenizer FILE)     JSONL of strings in, JSONL of id lists out
 //   memlora-core detokenize (--bundle B | --tokenizer FILE) [--skip-special]   JSONL of id lists in, strings out
 //   memlora-core selftest --bundle B [--json FILE]   replay the golden traces; exit 1 on any mismatch
+//   memlora-core generate --bundle B --op OP --prompt-ids 1,2,3 [--max-new-tokens N] [--trace FILE]
+//                                                 one generation with the operation's settings; prints its
+//                                                 result (JSON); appends its trace record to FILE
 //
 // Errors are one line on stderr, "error: <file>: <problem>", with exit code 2 (as the memlora CLI).
+#include <algorithm>
+#include <climits>
 #include <cstdio>
 #include <fstream>
 #include <iostream>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -19,6 +25,7 @@
 #include "../src/bundle.h"
 #include "../src/error.h"
 #include "../src/executorch_backend.h"
+#include "../src/generate.h"
 #include "../src/json_view.h"
 #include "../src/selftest.h"
 #include "../src/sha256.h"
@@ -28,7 +35,7 @@ using namespace memlora;
 
 namespace {
 
-const char* USAGE = "usage: memlora-core version|sha256|verify|tokenize|detokenize|selftest ... (see device_core/README.md)";
+const char* USAGE = "usage: memlora-core version|sha256|verify|tokenize|detokenize|selftest|generate ... (see device_core/README.md)";
 
 Tokenizer bundle_tokenizer(const Bundle& bundle) {
   return Tokenizer::from_file(bundle.file(bundle.manifest.tokenizer_dir + "/tokenizer.json"));
@@ -51,10 +58,13 @@ std::string fixed(double v, int decimals) {
   return buffer;
 }
 
+double per_second(int count, double seconds) { return seconds > 0 ? count / seconds : 0.0; }
+
 int run_selftest(const Args& args) {
   const Bundle bundle = load_bundle(args.required("bundle"));
   const Tokenizer tokenizer = bundle_tokenizer(bundle);
   ExecuTorchBackend backend(bundle);
+  backend.preload();
   const SelftestReport report = selftest(bundle, backend, tokenizer);
   int identical = 0;
   for (const ReplayResult& r : report.records) {
@@ -70,8 +80,8 @@ int run_selftest(const Args& args) {
     }
   }
   std::cout << "selftest: " << identical << " of " << report.records.size() << " golden records identical; prefill "
-            << fixed(report.prompt_tokens / report.prefill_seconds, 1) << " tok/s, decode "
-            << fixed(report.decode_steps / report.decode_seconds, 1) << " tok/s\n";
+            << fixed(per_second(report.prompt_tokens, report.prefill_seconds), 1) << " tok/s, decode "
+            << fixed(per_second(report.decode_steps, report.decode_seconds), 1) << " tok/s\n";
   if (args.has("json")) write_json(args.required("json"), report.to_json());
   return report.passed() ? 0 : 1;
 }
@@ -94,6 +104,57 @@ int tokenize(const Args& args, bool encode) {
   return 0;
 }
 
+int non_negative(const std::string& text, const std::string& what) {
+  size_t used = 0;
+  long value = -1;
+  try {
+    value = std::stol(text, &used);
+  } catch (const std::exception&) {
+  }
+  if (used != text.size() || value < 0 || value > INT32_MAX) throw Error(what + ": '" + text + "' is not a non-negative integer");
+  return int(value);
+}
+
+// "1,2,3" (commas or spaces)
+std::vector<int> parse_ids(const std::string& text) {
+  std::vector<int> ids;
+  std::string item;
+  for (char c : text + ",") {
+    if (c == ',' || c == ' ') {
+      if (!item.empty()) ids.push_back(non_negative(item, "generate: --prompt-ids"));
+      item.clear();
+    } else {
+      item += c;
+    }
+  }
+  if (ids.empty()) throw Error("generate: --prompt-ids lists no token ids");
+  return ids;
+}
+
+int run_generate(const Args& args) {
+  const Bundle bundle = load_bundle(args.required("bundle"));
+  const std::string op = args.required("op");
+  const Operation& settings = bundle.operation(op);
+  const std::vector<int> prompt = parse_ids(args.required("prompt-ids"));
+  GenerationConfig config{settings.max_new_tokens, settings.stop, bundle.manifest.trace_top_k};
+  if (args.has("max-new-tokens")) {
+    config.max_new_tokens = std::min(config.max_new_tokens, non_negative(args.required("max-new-tokens"), "generate: --max-new-tokens"));
+  }
+  const Tokenizer tokenizer = bundle_tokenizer(bundle);
+  ExecuTorchBackend backend(bundle);
+  backend.preload();
+  const auto& eos_ids = bundle.manifest.model.special.eos_ids;
+  const Generation g = generate(backend, tokenizer, prompt, settings.adapter, config,
+                                std::set<int>(eos_ids.begin(), eos_ids.end()), op);
+  if (args.has("trace")) append_trace(args.required("trace"), g.record);
+  std::cout << Json{{"text", g.record.text}, {"output_ids", g.record.output_ids}, {"stop_reason", g.record.stop_reason},
+                    {"prefill_tokens_per_second", per_second(int(prompt.size()), g.prefill_seconds)},
+                    {"decode_tokens_per_second", per_second(g.decode_steps, g.decode_seconds)}}
+                   .dump(-1, ' ', true)
+            << "\n";
+  return 0;
+}
+
 int run(const Args& args) {
   if (args.command == "version") {
     std::cout << Json{{"bundle_schema", BUNDLE_SCHEMA}}.dump() << "\n";
@@ -111,6 +172,7 @@ int run(const Args& args) {
   if (args.command == "tokenize") return tokenize(args, true);
   if (args.command == "detokenize") return tokenize(args, false);
   if (args.command == "selftest") return run_selftest(args);
+  if (args.command == "generate") return run_generate(args);
   throw Error("unknown command '" + args.command + "'; " + USAGE);
 }
 

@@ -82,18 +82,26 @@ int64_t ExecuTorchBackend::constant(const std::string& path, const std::string& 
   return (*out)[0].toInt();
 }
 
-std::vector<float> ExecuTorchBackend::run(const std::vector<int>& tokens, int start, const AdapterName& adapter) {
-  const Route& route = routes_.at(adapter);
+Module& ExecuTorchBackend::method(const Route& route) {
   Module& module = program(route.program);
   if (!module.is_method_loaded(route.method)) {
     const EtError loaded = module.load_method(route.method);
     if (loaded != EtError::Ok) {
       auto data = data_files_.find(route.program);
-      throw Error((data == data_files_.end() ? route.program : data->second) +
-                           ": ExecuTorch cannot load method '" + route.method + "' (" + why(loaded) +
-                           "); the program or its weight data is corrupt or does not belong to it");
+      throw Error((data == data_files_.end() ? route.program : data->second) + ": ExecuTorch cannot load method '" +
+                  route.method + "' (" + why(loaded) + "); the program or its weight data is corrupt or does not belong to it");
     }
   }
+  return module;
+}
+
+void ExecuTorchBackend::preload() {
+  for (const auto& [adapter, route] : routes_) method(route);
+}
+
+std::vector<float> ExecuTorchBackend::run(const std::vector<int>& tokens, int start, const AdapterName& adapter) {
+  const Route& route = routes_.at(adapter);
+  Module& module = method(route);
   auto ids = make_tensor_ptr({1, int(tokens.size())}, std::vector<int64_t>(tokens.begin(), tokens.end()));
   auto pos = make_tensor_ptr({1}, std::vector<int64_t>{start});
   auto out = module.execute(route.method, {EValue(ids), EValue(pos)});

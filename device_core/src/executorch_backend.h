@@ -34,6 +34,10 @@ class ExecuTorchBackend : public Backend {
   int max_context() const override { return max_context_; }
   int vocab() const override { return vocab_; }
 
+  // Loads every route's method now rather than on first use (memory for all adapters at once; a timed run
+  // then measures the forward pass alone).
+  void preload();
+
  protected:
   std::vector<float> run(const std::vector<int>& tokens, int start, const AdapterName& adapter) override;
 
@@ -43,6 +47,7 @@ class ExecuTorchBackend : public Backend {
     std::string method;
   };
   executorch::extension::module::Module& program(const std::string& path);
+  executorch::extension::module::Module& method(const Route& route);  // the program, its method loaded
   int64_t constant(const std::string& path, const std::string& method);
 
   std::string name_ = "executorch";

@@ -74,6 +74,12 @@ std::vector<NumberedRecord> read_trace_file(const std::string& path) {
   return records;
 }
 
+void append_trace(const std::string& path, const TraceRecord& record) {
+  std::ofstream out(path, std::ios::app | std::ios::binary);
+  out << record.to_json().dump(-1, ' ', true) << "\n" << std::flush;
+  if (!out) throw Error(path + ": cannot write trace file");
+}
+
 TopK top_k(const std::vector<float>& logits, int k) {
   std::vector<int> order(logits.size());
   std::iota(order.begin(), order.end(), 0);

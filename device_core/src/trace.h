@@ -41,6 +41,10 @@ struct NumberedRecord {
 // "<file>:<line>: trace record does not match trace.schema.json at <field>: <problem>".
 std::vector<NumberedRecord> read_trace_file(const std::string& path);
 
+// Appends `record` as one line to the JSONL file at `path` (created if missing), flushed, as
+// memlora.trace.TraceWriter does, so a killed process keeps whole records.
+void append_trace(const std::string& path, const TraceRecord& record);
+
 // The top `k` of `logits` (k capped at their number).
 TopK top_k(const std::vector<float>& logits, int k);
 
