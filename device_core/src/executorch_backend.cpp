@@ -31,7 +31,11 @@ ExecuTorchBackend::ExecuTorchBackend(const Bundle& bundle) {
   capture_executorch_log();  // after: the custom ops' Python extension registers a log of its own
   if (target.data_files.size() > 1) {
     throw Error(bundle.path + ": the ExecuTorch runtime takes one data file per program, bundle lists " +
-                         std::to_string(target.data_files.size()));
+                std::to_string(target.data_files.size()));
+  }
+  if (target.mode == "separable" && target.graphs.size() != 1) {
+    throw Error(bundle.file(MANIFEST) + ": a separable executorch target has one program, this lists " +
+                std::to_string(target.graphs.size()));
   }
   for (const auto& [name, rel] : target.graphs) {
     const std::string path = bundle.file(rel);
@@ -42,10 +46,6 @@ ExecuTorchBackend::ExecuTorchBackend(const Bundle& bundle) {
     } else {
       routes_[name == "base" ? AdapterName() : AdapterName(name)] = Route{path, BASE_METHOD};
     }
-  }
-  if (target.mode == "separable" && target.graphs.size() != 1) {
-    throw Error(bundle.file(MANIFEST) + ": a separable executorch target has one program, this lists " +
-                         std::to_string(target.graphs.size()));
   }
   for (const auto& [adapter, route] : routes_) {
     if (adapter) adapters_.push_back(*adapter);
@@ -77,7 +77,7 @@ int64_t ExecuTorchBackend::constant(const std::string& path, const std::string& 
   auto out = program(path).execute(method);
   if (!out.ok() || out->empty() || !(*out)[0].isInt()) {
     throw Error(path + ": program has no readable " + method + " metadata method" +
-                         (out.ok() ? "" : " (" + why(out.error()) + ")"));
+                (out.ok() ? "" : " (" + why(out.error()) + ")"));
   }
   return (*out)[0].toInt();
 }
@@ -107,7 +107,7 @@ std::vector<float> ExecuTorchBackend::run(const std::vector<int>& tokens, int st
   auto out = module.execute(route.method, {EValue(ids), EValue(pos)});
   if (!out.ok() || out->empty() || !(*out)[0].isTensor()) {
     throw Error(route.program + ": method '" + route.method + "' failed at start " + std::to_string(start) +
-                         (out.ok() ? " (no logits)" : " (" + why(out.error()) + ")"));
+                (out.ok() ? " (no logits)" : " (" + why(out.error()) + ")"));
   }
   const auto& logits = (*out)[0].toTensor();
   if (logits.scalar_type() != executorch::aten::ScalarType::Float || logits.numel() != vocab_) {
