@@ -83,6 +83,8 @@ def test_fp32_onnx_bundle_passes_every_level(good_report):
     result, report, html, _ = good_report
     assert result.exit_code == 0, result.output
     assert "parity: PASSED" in result.output and "onnx" in result.output
+    embedder_rows = result.output.split("top-k agree  result")[1].splitlines()[2:3]  # the bundle's embedder, printed
+    assert embedder_rows and embedder_rows[0].split() == ["onnx", "fp32", "1.000000", "1.000000", "100%", "PASS"]
     t = report["targets"]["onnx"]
     assert report["passed"] and t["passed"] and t["precision"] == "fp32"
     assert set(t["tensor"]) == {"max_abs", "mean_abs", "cosine", "kl", "sqnr_db"}
