@@ -261,3 +261,100 @@ def test_device_traces_of_the_core_pass_parity_and_a_tampered_one_fails(core, et
     assert good["passed"] and good["records"] == len(golden) and good["tensor"]["max_abs"] < 1e-4
     assert good["token"]["top1_agreement"] == 1.0 and good["token"]["greedy_exact_rate"] == 1.0
     assert not bad["passed"] and bad["token"]["first_divergence"] == {"position": 1, "line": len(golden) + 1}
+
+
+PARSE_GOOD = {
+    "extract": ['{"facts": ["Caroline likes painting", "Melanie has 3 kids"]}',
+                'Sure! {"facts": ["  a  ", "", "a", "b\\u00e9", "\\ud83d\\ude00 emoji", "\\u3000wide\\u2028"]} trailing',
+                '{"facts": []}', '{"facts": ["x"], "facts": ["y"]}', '{ "facts" : [ "tab\\tand\\nnewline" ] }'],
+    "mem_update": ['{"memory": [{"id": "0", "text": "x", "event": "ADD", "old_memory": ""}]}',
+                   '{"memory": [{"id": "0", "text": " new ", "event": "update", "old_memory": "old"},'
+                   ' {"id": 1, "event": "NONE"}, {"id": "1", "event": "none", "text": 5.5e3}]}',
+                   '{"memory": [{"id": "1", "event": "DELETE", "old_memory": 3}, {"event": "ADD", "text": "y"}]}',
+                   '{"memory": []} {"memory": 1}'],
+    "answer": ["", "   ", "7 May 2023", "  first line\nsecond\n", "\u3000a\u2028b", "x\r\ny", "a\x1cb", "\x85\u00a0lead",
+               "one\u2029two", "tab\tin line\x0bvt"],
+}
+PARSE_BAD = {
+    "extract": ["no json here", "{", '{"facts": "x"}', '{"facts": [1]}', '["facts"]', '{"facts": ["a",]}',
+                '{"facts": ["a" "b"]}', '{"facts" ["a"]}', '{"facts": ["\\x"]}', '{"facts": ["\\u12g4"]}',
+                '{"facts": ["\\ud800\\u12g4"]}', '{"facts": ["a\tb"]}', '{"facts": ["open', '{"facts": [nul]}',
+                '{"facts": [-]}', '{"facts": [01]}', '{"facts": [1.]}', '{"facts": [1e]}', '{"a": NaN, "facts": 0}',
+                '{"a": -Infinity, "b": Infinity, "facts": null}', '{"facts": [true, false]}', '{"facts": ["\\u12"',
+                '{,}', '{"a":1,}', '{"a" : }', "{" + "[" * 3000, "{\"facts\": " + "[" * 100 + "]" * 100 + "}"],
+    "mem_update": ['{"memory": {}}', '{"memory": [1]}', '{"memory": [{"event": "MERGE"}]}', '{"memory": [{}]}',
+                   '{"memory": [{"event": ["add"]}]}', '{"memory": [{"event": {"k": [1.5, null, true, "q\'s"]}}]}',
+                   '{"memory": [{"event": 1e16}]}', '{"memory": [{"event": -0.0001}]}', '{"memory": [{"event": 1e-05}]}',
+                   '{"memory": [{"event": 123456789012345678901234567890}]}', '{"memory": [{"event": -0}]}',
+                   '{"memory": [{"event": "ADD", "text": 1}]}', '{"memory": [{"event": "ADD", "text": "  "}]}',
+                   '{"memory": [{"event": "UPDATE"}]}', '{"memory": [{"event": "DELETE", "id": "9"}]}',
+                   '{"memory": [{"event": "DELETE", "id": 0.0}]}', '{"memory": [{"event": "NONE", "id": null}]}',
+                   '{"memory": [{"event": "NONE", "id": [0, "1"]}]}', '{"memory": [{"event": "NONE", "id": "it\'s \\"q\\""}]}',
+                   '{"memory": [{"event": "NONE", "id": "\\u00e9\\u00a0\\u200b\\u0007\\ud800\\udfff\\ud83d\\ude00\\u0085"}]}',
+                   '{"memory": [{"event": "DELETE", "id": "0"}, {"event": "UPDATE", "id": "0", "text": "t"}]}',
+                   '{"memory": [{"event": "NONE", "id": "0"}, {"event": "DELETE", "id": "0"}, {"event": "NONE", "id": "0"}]}',
+                   '{"memory": [{"event": "DELETE", "id": "1"}, {"event": "DELETE", "id": "1"}]}',
+                   '{"memory": [{"event": "\\u0131"}]}', '{"memory": [{"event": "ADD\\u0000"}]}'],
+}
+
+
+def parse_corpus(rng: random.Random) -> dict[str, list[str]]:
+    """The good and bad outputs of each operation, and 300 random edits of them (characters deleted, repeated or
+    replaced by JSON's own punctuation, digits, escapes and non-ASCII)."""
+    alphabet = list('{}[]":,\\ \t\n0123456789.eE+-ntfuNIa') + ["\\u", "\\ud83d", "\u00e9", "\U0001F600", "\u2028"]
+    corpus = {}
+    for op in ("extract", "mem_update", "answer"):
+        seeds = PARSE_GOOD[op] + PARSE_BAD.get(op, [])
+        edits = []
+        for _ in range(300):
+            text = rng.choice(seeds)
+            for _ in range(rng.randint(1, 3)):
+                i = rng.randrange(len(text) + 1)
+                kind = rng.randrange(3)
+                text = text[:i] + ("" if kind == 0 else rng.choice(alphabet)) + text[i + (kind != 1):]
+            edits.append(text)
+        corpus[op] = seeds + edits
+    return corpus
+
+
+def python_parse(op: str, text: str, known_ids: set[str]) -> dict:
+    from memlora.parse import MalformedOutput, parse_answer, parse_facts, parse_update
+
+    try:
+        if op == "extract":
+            return {"ok": parse_facts(text)}
+        if op == "mem_update":
+            return {"ok": [{"event": e.event, "id": e.id, "text": e.text, "old_memory": e.old_memory}
+                           for e in parse_update(text, known_ids)]}
+        return {"ok": parse_answer(text)}
+    except MalformedOutput as e:
+        return {"error": str(e)}
+
+
+def test_parse_equals_memlora_parse(core):
+    """Every output of the corpus, good, bad and randomly edited, parses to the same facts, events or answer on
+    the core as in memlora/parse.py, or is rejected with the same reason word for word."""
+    known = ["0", "1", "it's \"q\""]
+    counts = {}
+    for op, texts in parse_corpus(random.Random(0)).items():
+        lines = "".join(json.dumps({"text": t, "known_ids": known}) + "\n" for t in texts)
+        result = run(core, "parse", "--op", op, stdin=lines)
+        assert result.returncode == 0 and result.stderr == "", result.stderr
+        got = [json.loads(line) for line in result.stdout.splitlines()]
+        expected = [python_parse(op, t, set(known)) for t in texts]
+        for text, g, e in zip(texts, got, expected):
+            assert g == e, text
+        assert len(got) == len(texts)
+        counts[op] = sum("ok" in e for e in expected), sum("error" in e for e in expected)
+    assert all(ok >= 5 and (op == "answer" or bad >= 25) for op, (ok, bad) in counts.items()), counts
+
+
+def test_the_core_s_unicode_table_is_this_python_s():
+    """repr() escapes what str.isprintable() rejects; the core's table of those code points is generated from
+    this interpreter's Unicode database and must still be current."""
+    sys.path.insert(0, str(ROOT / "device_core" / "tools"))
+    try:
+        import unicode_tables
+    finally:
+        sys.path.pop(0)
+    assert unicode_tables.TABLE.read_text() == unicode_tables.render()

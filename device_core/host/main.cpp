@@ -10,6 +10,8 @@
 //   memlora-core generate --bundle B --op OP --prompt-ids 1,2,3 [--max-new-tokens N] [--trace FILE]
 //                                                 one generation with the operation's settings; prints its
 //                                                 result (JSON); appends its trace record to FILE
+//   memlora-core parse --op extract|mem_update|answer   JSONL of {"text", "known_ids"} in, one {"ok": result}
+//                                                 or {"error": reason} per line out (memlora/parse.py's rules)
 //
 // Errors are one line on stderr, "error: <file>: <problem>", with exit code 2 (as the memlora CLI).
 #include <algorithm>
@@ -27,6 +29,8 @@
 #include "../src/executorch_backend.h"
 #include "../src/generate.h"
 #include "../src/json_view.h"
+#include "../src/parse.h"
+#include "../src/py_text.h"
 #include "../src/selftest.h"
 #include "../src/sha256.h"
 #include "../src/tokenizer.h"
@@ -35,7 +39,7 @@ using namespace memlora;
 
 namespace {
 
-const char* USAGE = "usage: memlora-core version|sha256|verify|tokenize|detokenize|selftest|generate ... (see device_core/README.md)";
+const char* USAGE = "usage: memlora-core version|sha256|verify|tokenize|detokenize|selftest|generate|parse ... (see device_core/README.md)";
 
 Tokenizer bundle_tokenizer(const Bundle& bundle) {
   return Tokenizer::from_file(bundle.file(bundle.manifest.tokenizer_dir + "/tokenizer.json"));
@@ -155,6 +159,54 @@ int run_generate(const Args& args) {
   return 0;
 }
 
+std::string json_list(const std::vector<std::string>& items) {
+  std::string out = "[";
+  for (size_t i = 0; i < items.size(); ++i) out += (i ? ", " : "") + items[i];
+  return out + "]";
+}
+
+// One operation's parse result as JSON: the facts, the events or the answer (strings as json.dumps writes them).
+std::string parse_result(const std::string& op, const std::u32string& text, const std::set<std::u32string>& known_ids) {
+  if (op == "extract") {
+    std::vector<std::string> facts;
+    for (const std::u32string& f : parse_facts(text)) facts.push_back(json_quote(f));
+    return json_list(facts);
+  }
+  if (op == "mem_update") {
+    std::vector<std::string> events;
+    for (const MemoryEvent& e : parse_update(text, known_ids)) {
+      events.push_back("{\"event\": \"" + e.event + "\", \"id\": " + (e.has_id ? json_quote(e.id) : "null") +
+                       ", \"text\": " + json_quote(e.text) + ", \"old_memory\": " + json_quote(e.old_memory) + "}");
+    }
+    return json_list(events);
+  }
+  if (op == "answer") return json_quote(parse_answer(text));
+  throw Error("parse: unknown --op '" + op + "' (extract, mem_update or answer)");
+}
+
+int run_parse(const Args& args) {
+  const std::string op = args.required("op");
+  std::string line;
+  for (int n = 1; std::getline(std::cin, line); ++n) {
+    const std::string where = "stdin:" + std::to_string(n);
+    const Json value = parse_json(line, where);
+    JsonView v(value, where);
+    std::set<std::u32string> known_ids;
+    if (value.contains("known_ids")) {
+      for (const std::string& id : v.at("known_ids").strings()) known_ids.insert(to_code_points(id));
+    }
+    const std::u32string text = to_code_points(v.at("text").string());
+    std::string result;
+    try {
+      result = "{\"ok\": " + parse_result(op, text, known_ids) + "}";
+    } catch (const MalformedOutput& e) {
+      result = "{\"error\": " + json_quote(e.reason) + "}";
+    }
+    std::cout << result << "\n";
+  }
+  return 0;
+}
+
 int run(const Args& args) {
   if (args.command == "version") {
     std::cout << Json{{"bundle_schema", BUNDLE_SCHEMA}}.dump() << "\n";
@@ -173,6 +225,7 @@ int run(const Args& args) {
   if (args.command == "detokenize") return tokenize(args, false);
   if (args.command == "selftest") return run_selftest(args);
   if (args.command == "generate") return run_generate(args);
+  if (args.command == "parse") return run_parse(args);
   throw Error("unknown command '" + args.command + "'; " + USAGE);
 }
 
