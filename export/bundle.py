@@ -5,6 +5,7 @@ Layout::
     manifest.json            schema `memlora/schemas/manifest.schema.json`; sha256 of every other file
     tokenizer/               the HF tokenizer files (tokenizer.json, tokenizer_config.json, ...)
     <target>/                per-target artifacts (onnx/base.onnx, onnx/extract.onnx_adapter, ...)
+    constraints/automaton.bin  the operations' output constraints (memlora.constrain, docs/constraints.md)
     golden/traces.jsonl      reference outputs (memlora.trace format) an app replays as a self-test
 
 Writing goes to a hidden temporary sibling directory that is renamed into place only when complete, so an
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from memlora import replace
+from memlora import constrain, replace
 from memlora.checksum import sha256_file
 from memlora.errors import MemloraError
 from memlora.paths import SCHEMAS
@@ -31,10 +32,12 @@ if TYPE_CHECKING:  # the runtimes read bundles without importing torch
     from .decoder import DecoderConfig
 
 
-SCHEMA_VERSION = "memlora-bundle/2"
-OLD_VERSIONS = {"memlora-bundle/1": "0.2"}
-"""Manifest versions of earlier memlora releases, refused with how to re-export (their recipes are untyped)."""
+SCHEMA_VERSION = "memlora-bundle/3"
+OLD_VERSIONS = {"memlora-bundle/1": ("0.2", "whose quantization recipes this version cannot read"),
+                "memlora-bundle/2": ("0.3", "which has no output constraints for this version to decode with")}
+"""Manifest versions of earlier memlora releases and why they are refused (with how to re-export)."""
 MANIFEST = "manifest.json"
+CONSTRAINTS_FILE = "constraints/automaton.bin"
 TOKENIZER_DIR = "tokenizer"
 SCHEMA_PATH = SCHEMAS / "manifest.schema.json"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
@@ -91,6 +94,16 @@ def copy_files(src: Path, bundle_dir: Path, rel_dir: str, names: tuple[str, ...]
 def copy_tokenizer(model_dir: Path, bundle_dir: Path) -> dict:
     """Copy the tokenizer files the model directory has; the manifest's ``tokenizer`` entry."""
     return {"dir": TOKENIZER_DIR, "files": copy_files(model_dir, bundle_dir, TOKENIZER_DIR, TOKENIZER_FILES)}
+
+
+def write_constraints(constraints: constrain.Constraints, bundle_dir: Path) -> dict:
+    """Write the constraint file into the bundle; the manifest's ``constraints`` entry."""
+    path = bundle_dir / CONSTRAINTS_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(constraints.to_bytes())
+    return {"file": CONSTRAINTS_FILE, "format": constrain.FORMAT, "grammar": constraints.grammar,
+            "max_shown": constraints.max_shown, "tokenizer_sha256": constraints.tokenizer_sha256,
+            "tables": {name: len(t.next) for name, t in constraints.tables.items()}}
 
 
 def checksums(bundle_dir: Path) -> dict[str, str]:
@@ -165,6 +178,11 @@ class Bundle:
     def golden_file(self) -> Path:
         return self.path / self.manifest["golden"]["file"]
 
+    @property
+    def constraints(self) -> constrain.Constraints:
+        """The output constraints every backend of this bundle decodes with."""
+        return constrain.load(self.path / self.manifest["constraints"]["file"])
+
 
 class OldBundle(MemloraError):
     """A bundle an earlier memlora wrote (listed files kept, so export can still replace it)."""
@@ -178,9 +196,9 @@ def _old_bundle(manifest: object, where: Path) -> OldBundle | None:
     version = manifest.get("schema_version") if isinstance(manifest, dict) else None
     if not isinstance(version, str) or version not in OLD_VERSIONS or not isinstance(manifest.get("files"), dict):
         return None
-    return OldBundle(f"{where}: a bundle of memlora {OLD_VERSIONS[version]} ({version}), whose quantization "
-                     f"recipes this version cannot read; re-export it with `memlora export ... --out "
-                     f"{where.parent}` (export replaces it)", {"files": manifest["files"]})
+    release, why = OLD_VERSIONS[version]
+    return OldBundle(f"{where}: a bundle of memlora {release} ({version}), {why}; re-export it with `memlora "
+                     f"export ... --out {where.parent}` (export replaces it)", {"files": manifest["files"]})
 
 
 def read_manifest(path: Path) -> dict:

@@ -45,10 +45,10 @@ def export_bundle(
     """Export `targets` into a new bundle at `out` (written aside, renamed into place when complete).
 
     Every check that needs no export runs first -- the adapters against the model as the exporters and the
-    golden reference (transformers+peft) read them, the tokenizer, each target's mode and quant -- so bad
-    input fails in seconds, not after the targets are built. `embedder` (a sentence-transformers BERT folder)
+    golden reference (transformers+peft) read them, the tokenizer (its output constraints compiled), each
+    target's mode and quant -- so bad input fails in seconds, not after the targets are built. `embedder` (a sentence-transformers BERT folder)
     is exported for every target too; None leaves the bundle without one (retrieval then runs on torch)."""
-    from memlora import prompts
+    from memlora import constrain, prompts
     from memlora.adapters import load_checked_adapters
     from memlora.session import load_tokenizer
 
@@ -71,6 +71,8 @@ def export_bundle(
     load_checked_adapters(adapters_dir, model_dir)
     adapters = load_adapters(adapters_dir, config)
     tokenizer = load_tokenizer(model_dir)
+    stage("output constraints")
+    constraints = constrain.for_tokenizer(tokenizer)  # compiled once per tokenizer; refuses a non-byte-level one
     source = None if embedder is None else embedder_export.read_source(embedder)
     request = target.TargetRequest(model_dir, adapters, mode, quant, block_size, config.max_context, embedding_int8)
     for exporter in exporters.values():
@@ -85,10 +87,12 @@ def export_bundle(
         stage("tokenizer")
         tok_entry = bundle.copy_tokenizer(model_dir, tmp)
         model = bundle.model_entry(config, model_dir.name, tokenizer)
+        constraints_entry = bundle.write_constraints(constraints, tmp)
         stage("golden traces (transformers+peft fp32)")
         golden_file = f"{GOLDEN_DIR}/traces.jsonl"
         records = golden.write_golden(_reference_backend(model_dir, adapters_dir), tokenizer,
-                                      set(model["special_tokens"]["eos_ids"]), tmp / golden_file, golden_tokens)
+                                      set(model["special_tokens"]["eos_ids"]), tmp / golden_file, golden_tokens,
+                                      constraints)
         stage("checksums and manifest")
         manifest = {
             "schema_version": bundle.SCHEMA_VERSION,
@@ -98,6 +102,7 @@ def export_bundle(
             "prompts": {"source": "memlora.prompts", "templates": prompts.TEMPLATES},
             "generation": {"decoding": "greedy", "trace_top_k": 5,
                            "operations": golden.operation_settings(tuple(adapters))},
+            "constraints": constraints_entry,
             "adapters": [a.manifest_entry() for a in adapters.values()],
             "targets": entries,
             "golden": {"file": golden_file, "reference": "torch (transformers+peft, fp32)",

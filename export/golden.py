@@ -9,6 +9,7 @@ from pathlib import Path
 
 from memlora import prompts
 from memlora.backend import Backend
+from memlora.constrain import Constraints
 from memlora.generate import GenerationConfig, generate
 from memlora.trace import TraceWriter
 
@@ -23,15 +24,16 @@ _MEMORIES = [prompts.Memory("m0", "Caroline went to a support group", "7 May 202
              prompts.Memory("m1", "Melanie painted a sunrise with her kids", "8 May 2023")]
 
 
-def golden_messages() -> list[tuple[str, list[dict[str, str]]]]:
-    """(operation, chat messages) pairs: two prompts per operation, built with the pipeline's prompt code."""
+def golden_messages() -> list[tuple[str, list[dict[str, str]], int]]:
+    """(operation, chat messages, memories shown) triples: two prompts per operation, built with the
+    pipeline's prompt code."""
     return [
-        ("extract", prompts.extract_messages(_TURNS[0])),
-        ("extract", prompts.extract_messages(_TURNS[1])),
-        ("mem_update", prompts.update_messages(["Caroline researches adoption agencies"], [])),
-        ("mem_update", prompts.update_messages(["Melanie painted a sunrise"], _MEMORIES)),
-        ("answer", prompts.answer_messages("What did Caroline research?", _MEMORIES)),
-        ("answer", prompts.answer_messages("When did Caroline go to the support group?", _MEMORIES)),
+        ("extract", prompts.extract_messages(_TURNS[0]), 0),
+        ("extract", prompts.extract_messages(_TURNS[1]), 0),
+        ("mem_update", prompts.update_messages(["Caroline researches adoption agencies"], []), 0),
+        ("mem_update", prompts.update_messages(["Melanie painted a sunrise"], _MEMORIES), len(_MEMORIES)),
+        ("answer", prompts.answer_messages("What did Caroline research?", _MEMORIES), 0),
+        ("answer", prompts.answer_messages("When did Caroline go to the support group?", _MEMORIES), 0),
     ]
 
 
@@ -45,16 +47,18 @@ def operation_settings(adapters: tuple[str, ...]) -> dict[str, dict]:
 
 
 def write_golden(backend: Backend, tokenizer, eos_ids: set[int], path: Path, max_new_tokens: int,
-                 top_k: int = 5) -> int:
-    """Run every golden prompt on `backend` through the shared decode loop; returns the record count."""
+                 constraints: Constraints, top_k: int = 5) -> int:
+    """Run every golden prompt on `backend` through the shared decode loop, each held to its operation's
+    constraint as the pipeline holds it (a record names its table); returns the record count."""
     settings = operation_settings(backend.adapters)
     writer = TraceWriter(path)
     try:
         messages = golden_messages()
-        for op, msgs in messages:
+        for op, msgs, shown in messages:
             s = settings[op]
             config = GenerationConfig(min(max_new_tokens, s["max_new_tokens"]), tuple(s["stop"]), top_k)
-            generate(backend, tokenizer, prompts.render(tokenizer, msgs), s["adapter"], config, eos_ids, op, writer)
+            generate(backend, tokenizer, prompts.render(tokenizer, msgs), s["adapter"], config, eos_ids, op, writer,
+                     constraints.for_op(op, shown))
     finally:
         writer.close()
     return len(messages)

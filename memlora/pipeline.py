@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from . import constrain
 from .backend import Backend
+from .constrain import Constraints
 from .generate import Generation, GenerationConfig, PromptTooLong, generate
 from .parse import MalformedOutput, parse_answer, parse_facts, parse_update
-from .prompts import MAX_NEW_TOKENS, STOP, Memory, Turn, answer_messages, extract_messages, render, update_messages
+from .prompts import MAX_NEW_TOKENS, MAX_SHOWN, STOP, Memory, Turn, answer_messages, extract_messages, render, update_messages
 from .store import Change, MemoryStore
 from .trace import TraceWriter
 
@@ -34,7 +36,8 @@ class Answer:
 
 
 class MemoryPipeline:
-    """Runs the three operations on `backend`, switching to the operation's adapter when it has one."""
+    """Runs the three operations on `backend`, switching to the operation's adapter when it has one, each
+    output held to the operation's constraint: `constraints` (a bundle's), else compiled from `tokenizer`."""
 
     def __init__(
         self,
@@ -46,18 +49,22 @@ class MemoryPipeline:
         top_k: int = 5,
         answer_k: int = 10,
         trace: TraceWriter | None = None,
+        constraints: Constraints | None = None,
     ):
         self.backend, self.tokenizer, self.store, self.embedder = backend, tokenizer, store, embedder
         self.use_adapters, self.top_k, self.answer_k, self.trace = use_adapters, top_k, answer_k, trace
         self.eos_ids = eos_ids(tokenizer)
+        self.constraints = constraints or constrain.for_tokenizer(tokenizer)
 
     def adapter_for(self, op: str) -> str | None:
         return op if self.use_adapters and op in self.backend.adapters else None
 
-    def run(self, op: str, messages: list[dict[str, str]]) -> Generation:
+    def run(self, op: str, messages: list[dict[str, str]], shown: int = 0) -> Generation:
+        """Generate `op`'s reply to `messages` (`shown`: memories an update prompt shows)."""
         config = GenerationConfig(max_new_tokens=MAX_NEW_TOKENS[op], stop=STOP[op])
         ids = render(self.tokenizer, messages)
-        return generate(self.backend, self.tokenizer, ids, self.adapter_for(op), config, self.eos_ids, op, self.trace)
+        return generate(self.backend, self.tokenizer, ids, self.adapter_for(op), config, self.eos_ids, op, self.trace,
+                        self.constraints.for_op(op, shown))
 
     def ingest(self, key: str, turns: list[Turn]) -> ExchangeResult:
         """Process one exchange; its changes land in one transaction, or nothing lands.
@@ -87,7 +94,7 @@ class MemoryPipeline:
         fact_vecs = self.embedder.embed(facts)
         related = self._related(fact_vecs)
         try:
-            raw = self.run("mem_update", update_messages(facts, related)).text
+            raw = self.run("mem_update", update_messages(facts, related), len(related)).text
         except PromptTooLong as e:
             return skip("too_long", facts, "mem_update", None, str(e))
         try:
@@ -112,13 +119,13 @@ class MemoryPipeline:
         return ExchangeResult(key, "applied", facts, list(zip(applied, ids)), turn_ids=turn_ids)
 
     def _related(self, fact_vecs) -> list[Memory]:
-        """The union of each fact's top-k stored memories, best score first."""
+        """The union of each fact's top-k stored memories, best score first, at most MAX_SHOWN of them."""
         best: dict[str, Memory] = {}
         for v in fact_vecs:
             for m in self.store.search(v, self.top_k):
                 if m.id not in best or m.score > best[m.id].score:
                     best[m.id] = m
-        return sorted(best.values(), key=lambda m: -m.score)
+        return sorted(best.values(), key=lambda m: -m.score)[:MAX_SHOWN]
 
     def answer(self, question: str) -> Answer:
         memories = self.store.search(self.embedder.embed([question])[0], self.answer_k)

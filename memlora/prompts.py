@@ -42,6 +42,11 @@ STOP = {"extract": (), "mem_update": (), "answer": ("\n",)}
 
 MAX_NEW_TOKENS = {"extract": 160, "mem_update": 200, "answer": 32}
 
+MAX_SHOWN = 5
+"""Most existing memories one update prompt shows (the best-scored first; the pipeline cuts the rest). The
+update's output constraint has one table per count 0..MAX_SHOWN, each with a copy of its states per set of ids
+named so far, so the tables double with every memory more (docs/constraints.md)."""
+
 
 @dataclass(frozen=True)
 class Turn:

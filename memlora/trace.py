@@ -6,7 +6,7 @@ this one format (`memlora/schemas/trace.schema.json`). A record::
     {"schema": "memlora-trace/1", "backend": "torch", "op": "extract", "adapter": "extract",
      "prompt_ids": [...], "output_ids": [...], "stop_reason": "eos"|"stop"|"length",
      "topk": [{"ids": [...], "logits": [...]}, ...],   # one entry per decode step, before its token
-     "text": "..."}
+     "text": "...", "constraint": "mem_update/2"|null}   # the table the output was held to
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ class TraceRecord:
     topk: list[dict[str, list]] = field(default_factory=list)
     text: str = ""
     schema: str = SCHEMA
+    constraint: str | None = None  # the output constraint's table (memlora.constrain), None when unconstrained
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))

@@ -130,6 +130,11 @@ def open_pipeline(
     if threads and backend == "torch":
         _torch_threads(threads)
     be, tok_dir = open_backend(backend, bundle, model, None if no_adapters else adapters, threads=threads)
+    constraints = None  # the torch reference compiles its tokenizer's (cached); a bundle run reads the bundle's
+    if backend != "torch":
+        from memlora.export.bundle import load_bundle
+
+        constraints = load_bundle(Path(bundle), verify=False).constraints  # the backend verified the checksums
     return MemoryPipeline(
         be,
         load_tokenizer(tok_dir) if backend == "torch" else BundleTokenizer(tok_dir),  # a bundle run imports no torch
@@ -137,4 +142,5 @@ def open_pipeline(
         open_embedder(backend, bundle, threads, verify=False),  # the backend verified the bundle's checksums
         use_adapters=not no_adapters,
         trace=TraceWriter(trace) if trace else None,
+        constraints=constraints,
     )

@@ -35,9 +35,9 @@ def lessons(tok) -> dict[str, list[tuple[list[int], list[int]]]]:
             (render(tok, extract_messages(EXCHANGES[1][1])), enc(_j({"facts": [FACT2]}))),
         ],
         "mem_update": [
-            (render(tok, update_messages([FACT1], [])), enc(_j({"memory": [{"id": "new", "text": FACT1, "event": "ADD"}]}))),
+            (render(tok, update_messages([FACT1], [])), enc(_j({"memory": [{"event": "ADD", "text": FACT1}]}))),
             (render(tok, update_messages([FACT2], [m0])),
-             enc(_j({"memory": [{"id": "0", "text": MERGED, "event": "UPDATE", "old_memory": FACT1}]}))),
+             enc(_j({"memory": [{"event": "UPDATE", "id": "0", "text": MERGED}]}))),
         ],
         "answer": [(render(tok, answer_messages(QUESTION, [Memory("m0", MERGED, DATE)])), enc(ANSWER))],
     }

@@ -75,7 +75,7 @@ def test_trace_reader_on_arbitrary_records(tmp_path_factory, text):
 
 TOKENIZER = b'{"model": {}}'
 VALID = {
-    "schema_version": "memlora-bundle/2", "memlora_version": "0.3.0",
+    "schema_version": "memlora-bundle/3", "memlora_version": "0.3.0",
     "model": {"name": "tiny", "architecture": "llama", "vocab_size": VOCAB, "hidden_size": 8, "num_layers": 1,
               "num_heads": 2, "num_kv_heads": 1, "head_dim": 4, "max_context": 64, "rope_type": "default",
               "rope_theta": 10000.0, "tie_embeddings": True, "special_tokens": {"eos_ids": [2]}},
@@ -83,6 +83,8 @@ VALID = {
     "prompts": {"source": "memlora.prompts", "templates": {"answer": {"system": "s", "user": "u"}}},
     "generation": {"decoding": "greedy", "trace_top_k": 5,
                    "operations": {"answer": {"adapter": "answer", "max_new_tokens": 8, "stop": ["\n"]}}},
+    "constraints": {"file": "tokenizer/tokenizer.json", "format": "memlora-constraints/1", "grammar": "g",
+                    "max_shown": 0, "tokenizer_sha256": "0" * 64, "tables": {"answer": 2}},
     "adapters": [{"name": "answer", "rank": 8, "alpha": 16, "targets": ["q_proj"], "sha256": "0" * 64}],
     "targets": {"onnx": {"mode": "separable", "quantization": QuantRecipe("fp32", op="MatMul").to_json(), "files": ["tokenizer/tokenizer.json"]}},
     "golden": {"file": "tokenizer/tokenizer.json", "reference": "torch", "max_new_tokens": 8, "records": 1},

@@ -75,9 +75,16 @@ def test_scripted_conversation_builds_store_with_history(tiny_model, taught_adap
 
 
 def test_malformed_outputs_never_touch_the_store(tiny_model, tiny_adapters, tok, embedder, tmp_path):
-    """Random adapters emit garbage: every exchange is recorded as malformed, nothing is applied."""
+    """Output the parser refuses -- here random adapters decoding extract under a constraint that lets any
+    line through -- records every exchange as malformed and applies nothing."""
+    from dataclasses import replace
+
+    from memlora import constrain
+
+    cons = constrain.for_tokenizer(tok)
+    loose = replace(cons, tables={**cons.tables, "extract": replace(cons.tables["answer"], name="extract")})
     store = MemoryStore(tmp_path / "s.sqlite")
-    pipe = MemoryPipeline(TorchBackend(tiny_model, tiny_adapters), tok, store, embedder)
+    pipe = MemoryPipeline(TorchBackend(tiny_model, tiny_adapters), tok, store, embedder, constraints=loose)
     for key, turns in script.EXCHANGES:
         assert pipe.ingest(key, turns).status == "malformed"
     assert store.memories() == [] and store.history() == []

@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass, field, replace
 
 from memlora.backend import Backend
+from memlora.constrain import Constraints
 from memlora.generate import GenerationConfig, generate
 from memlora.prompts import MAX_NEW_TOKENS, STOP
 from memlora.recipe import QuantRecipe
@@ -58,8 +59,11 @@ def _adapter(backend: Backend, op: str) -> str | None:
 
 def run_golden(reference: Backend, decoders: dict[str, DecoderReference], targets: list[Target],
                golden: list[GoldenPrompt], tokenizer, eos_ids: set[int], decode_tokens: int,
+               constraints: Constraints,
                progress=lambda msg: None) -> tuple[dict[str, TargetRun], dict[str, LogitStats]]:
     """Run the golden set; returns each target's run and each decoder reference's gap to the fp32 reference.
+    The reference decodes each prompt under its operation's constraint (as the pipeline does); every backend
+    is compared on the raw logits along that output.
 
     `decoders` maps a recipe key to its decoder reference; ``target.recipe`` picks one through `recipe_key`.
     """
@@ -69,7 +73,8 @@ def run_golden(reference: Backend, decoders: dict[str, DecoderReference], target
         progress(f"golden prompt {n}/{len(golden)}: {prompt.label}")
         adapter = _adapter(reference, prompt.op)
         config = GenerationConfig(min(decode_tokens, MAX_NEW_TOKENS[prompt.op]), STOP[prompt.op])
-        out = generate(reference, tokenizer, prompt.ids, adapter, config, eos_ids, prompt.op)
+        out = generate(reference, tokenizer, prompt.ids, adapter, config, eos_ids, prompt.op,
+                       constraint=constraints.for_op(prompt.op, prompt.shown))
         steps = len(out.output_ids) + (out.stop_reason == "eos")
         fed = out.output_ids[: steps - 1]
         for b in (reference, *decoders.values(), *(t.backend for t in targets)):

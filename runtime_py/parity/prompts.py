@@ -5,8 +5,8 @@ Two parts:
   whose questions need them: its extract / mem_update / answer prompts (built from the scripted facts and
   memories, so they do not depend on any model's output) feed the tensor and token levels, and the
   conversation itself is what the task level runs through the whole pipeline;
-- held prompts of growing length up to the context limit (long conversations to extract from, many
-  memories to update or answer from), which exercise chunked prefill and long attention.
+- held prompts of growing length up to the context limit (long conversations to extract from, many facts
+  to update and memories to answer from), which exercise chunked prefill and long attention.
 """
 
 from __future__ import annotations
@@ -82,6 +82,7 @@ class GoldenPrompt:
     label: str
     op: str
     ids: list[int]
+    shown: int = 0  # memories an update prompt shows: picks its output constraint's table
 
 
 def check_templates(manifest: dict) -> None:
@@ -92,26 +93,31 @@ def check_templates(manifest: dict) -> None:
                            "(memlora.prompts.TEMPLATES); re-export the bundle with this version")
 
 
-def _messages(op: str, n_items: int, date: str = _D3) -> list[dict[str, str]]:
-    """A held prompt of operation `op` with `n_items` filler turns / memories."""
+def _messages(op: str, n_items: int, date: str = _D3) -> tuple[list[dict[str, str]], int]:
+    """A held prompt of operation `op` with `n_items` filler turns / memories, and the memories it shows with
+    ids. An update prompt shows at most MAX_SHOWN memories, as the pipeline does; its other items are facts."""
     items = [(_FILLER[i % len(_FILLER)][0], f"{_FILLER[i % len(_FILLER)][1]} ({i + 1})") for i in range(n_items)]
     if op == "extract":
-        return prompts.extract_messages([Turn(s, t, date, f"H:{i}") for i, (s, t) in enumerate(items)])
+        return prompts.extract_messages([Turn(s, t, date, f"H:{i}") for i, (s, t) in enumerate(items)]), 0
     memories = [Memory(f"m{i}", f"{s} said: {t}", date) for i, (s, t) in enumerate(items)]
     if op == "mem_update":
-        return prompts.update_messages(["Ana adopted a small dog called Pepper"], memories)
-    return prompts.answer_messages("What did Ana sign up for?", memories)
+        shown, facts = memories[: prompts.MAX_SHOWN], [m.text for m in memories[prompts.MAX_SHOWN :]]
+        return prompts.update_messages(["Ana adopted a small dog called Pepper", *facts], shown), len(shown)
+    return prompts.answer_messages("What did Ana sign up for?", memories), 0
 
 
-def _held(tokenizer, op: str, length: int) -> list[int]:
-    """The longest held prompt of `op` that fits in `length` tokens (grown one filler item at a time)."""
-    best = prompts.render(tokenizer, _messages(op, 1))
+def _held(tokenizer, op: str, length: int) -> tuple[list[int], int]:
+    """The longest held prompt of `op` that fits in `length` tokens (grown one filler item at a time), and the
+    memories it shows."""
+    messages, shown = _messages(op, 1)
+    best = prompts.render(tokenizer, messages), shown
     n = 2
     while True:
-        ids = prompts.render(tokenizer, _messages(op, n))
+        messages, shown = _messages(op, n)
+        ids = prompts.render(tokenizer, messages)
         if len(ids) > length:
             return best
-        best, n = ids, n + 1
+        best, n = (ids, shown), n + 1
 
 
 def held_lengths(max_context: int, decode_tokens: int, quick: bool) -> list[int]:
@@ -130,12 +136,13 @@ def golden_prompts(tokenizer, conversation: Conversation, max_context: int, deco
     for i in sessions:
         out.append(GoldenPrompt(f"extract s{i + 1}", "extract", prompts.render(tokenizer, prompts.extract_messages(c.exchanges[i][1]))))
         out.append(GoldenPrompt(f"mem_update s{i + 1}", "mem_update",
-                                prompts.render(tokenizer, prompts.update_messages(c.facts[i], c.memories_before[i]))))
+                                prompts.render(tokenizer, prompts.update_messages(c.facts[i], c.memories_before[i])),
+                                len(c.memories_before[i])))
     for j, q in enumerate(c.questions[: 1 if quick else None]):
         out.append(GoldenPrompt(f"answer q{j + 1}", "answer", prompts.render(tokenizer, prompts.answer_messages(q, c.final_memories))))
     ops = ("extract", "answer", "mem_update")
     for k, length in enumerate(held_lengths(max_context, decode_tokens, quick)):
         op = ops[k % len(ops)]
-        ids = _held(tokenizer, op, length)
-        out.append(GoldenPrompt(f"held {op} {len(ids)} tok", op, ids))
+        ids, shown = _held(tokenizer, op, length)
+        out.append(GoldenPrompt(f"held {op} {len(ids)} tok", op, ids, shown))
     return out

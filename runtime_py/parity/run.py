@@ -125,8 +125,10 @@ def run_parity(
     too_long = [p.label for p in golden if len(p.ids) + decode_tokens >= context]
     golden = [p for p in golden if len(p.ids) + decode_tokens < context]
     conv = _shorten(conversation) if quick else conversation
-    settings = {"golden": [[p.label, p.op, p.ids] for p in golden], "decode_tokens": decode_tokens, "quick": quick,
-                "eos_ids": sorted(bundle.eos_ids), "conversation": conv, "task": bool(task and targets),
+    constraints = bundle.constraints
+    settings = {"golden": [[p.label, p.op, p.ids, p.shown] for p in golden], "decode_tokens": decode_tokens,
+                "quick": quick, "eos_ids": sorted(bundle.eos_ids), "conversation": conv, "task": bool(task and targets),
+                "constraints": bundle.manifest["files"][bundle.manifest["constraints"]["file"]],
                 "embedder": bundle.manifest.get("embedder", {}).get("source_sha256")}
     ref_cache = ReferenceCache(cache, reference_key(Path(model_dir), Path(adapters_dir), bundle.path / "tokenizer",
                                                     settings), progress)
@@ -136,13 +138,14 @@ def run_parity(
         return fp32_reference(Path(model_dir), Path(adapters_dir))
 
     reference = ref_cache.reference(load_reference)
-    runs, quant = run_golden(reference, decoders, targets, golden, tokenizer, bundle.eos_ids, decode_tokens, progress)
+    runs, quant = run_golden(reference, decoders, targets, golden, tokenizer, bundle.eos_ids, decode_tokens,
+                             constraints, progress)
 
     ref_task = None
     if task and targets:
         ref_embedder, embedders = task_embedders(bundle, [t.name for t in targets])
         progress("task level: memory pipeline on the reference")
-        ref_task = run_task(reference, tokenizer, ref_embedder, conv)
+        ref_task = run_task(reference, tokenizer, ref_embedder, conv, constraints)
     ref_cache.commit()
 
     report_targets = {}
@@ -164,7 +167,8 @@ def run_parity(
             entry["task"] = {"skipped": f"target lacks adapters {sorted(missing)}"}
         elif ref_task is not None:
             progress(f"task level: memory pipeline on {t.name}")
-            entry["task"] = compare_task(ref_task, run_task(t.backend, tokenizer, embedders[t.name], conv))
+            got = run_task(t.backend, tokenizer, embedders[t.name], conv, constraints)
+            entry["task"] = compare_task(ref_task, got)
         entry["embedder"] = embedder_level(bundle, t.name, conversation)
         failures = judge(entry, thresholds, t.name, t.precision)
         worst = runs[t.name].worst_prompt[1]

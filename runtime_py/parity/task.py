@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from memlora.backend import Backend
+from memlora.constrain import Constraints
 from memlora.metrics import token_f1
 from memlora.pipeline import MemoryPipeline
 from memlora.store import MemoryStore
@@ -36,12 +37,13 @@ class TaskRun:
                 "store": [list(m) for m in self.store], "answers": self.answers}
 
 
-def run_task(backend: Backend, tokenizer, embedder, conversation: Conversation) -> TaskRun:
-    """Ingest the conversation into a fresh store on `backend`, then ask its questions."""
+def run_task(backend: Backend, tokenizer, embedder, conversation: Conversation, constraints: Constraints) -> TaskRun:
+    """Ingest the conversation into a fresh store on `backend`, then ask its questions (outputs held to the
+    bundle's `constraints`, on the reference as on every target)."""
     with tempfile.TemporaryDirectory(prefix="memlora-parity-task-") as tmp:
         store = MemoryStore(Path(tmp) / "store.sqlite")
         try:
-            pipe = MemoryPipeline(backend, tokenizer, store, embedder)
+            pipe = MemoryPipeline(backend, tokenizer, store, embedder, constraints=constraints)
             facts, events = {}, {}
             for key, turns in conversation.exchanges:
                 result = pipe.ingest(key, turns)
