@@ -3,7 +3,7 @@
 # ExecuTorch runtime the executorch wheel in .venv ships (headers and shared libraries). Plain g++, no CMake:
 # the wheel's CMake config wants CMake >= 3.28. Incremental: an object is rebuilt only when its source, a
 # header it includes or the compiler flags changed; the link only when an object did.
-# Needs g++, nlohmann-json3-dev and libpcre2-dev (scripts/bootstrap.sh installs them on Debian).
+# Needs g++, nlohmann-json3-dev, libpcre2-dev and libsqlite3-dev (scripts/bootstrap.sh installs them on Debian).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
@@ -13,8 +13,8 @@ JOBS=${JOBS:-2}
 read -r SITE LIBDIR SONAME < <("$PY" -c "import sysconfig as s; print(s.get_paths()['platlib'], s.get_config_var('LIBDIR'), s.get_config_var('INSTSONAME'))")
 ET="$SITE/executorch"
 [ -f "$ET/lib/libexecutorch.so" ] || { echo "build_core.sh: $ET/lib/libexecutorch.so not found (is executorch installed in .venv?)" >&2; exit 2; }
-for header in nlohmann/json.hpp pcre2.h; do
-    [ -f "/usr/include/$header" ] || { echo "build_core.sh: /usr/include/$header not found (apt-get install nlohmann-json3-dev libpcre2-dev)" >&2; exit 2; }
+for header in nlohmann/json.hpp pcre2.h sqlite3.h; do
+    [ -f "/usr/include/$header" ] || { echo "build_core.sh: /usr/include/$header not found (apt-get install nlohmann-json3-dev libpcre2-dev libsqlite3-dev)" >&2; exit 2; }
 done
 # On Linux the kernels of llama::custom_sdpa / llama::update_cache load only after libpython (see device_core/README.md).
 CXXFLAGS=(-std=c++17 -O2 -g0 -MMD -Wall -Wextra -Wno-unused-parameter -fPIC -DC10_USING_CUSTOM_GENERATED_MACROS
@@ -22,7 +22,7 @@ CXXFLAGS=(-std=c++17 -O2 -g0 -MMD -Wall -Wextra -Wno-unused-parameter -fPIC -DC1
           -DMEMLORA_LIBPYTHON="\"$LIBDIR/$SONAME\""
           -DMEMLORA_CUSTOM_OPS="\"$ET/extension/llm/custom_ops/libcustom_ops_aot_lib.so\"")
 LDFLAGS=(-L"$ET/lib" -Wl,-rpath,"$ET/lib" -Wl,--no-as-needed -lexecutorch -lexecutorch_kernels_optimized
-         -lexecutorch_backend_xnnpack -lexecutorch_threadpool -Wl,--as-needed -lpcre2-8 -ldl -lpthread)
+         -lexecutorch_backend_xnnpack -lexecutorch_threadpool -Wl,--as-needed -lpcre2-8 -lsqlite3 -ldl -lpthread)
 mkdir -p "$OUT/obj"
 FLAGS="${CXXFLAGS[*]} | ${LDFLAGS[*]}"
 [ -f "$OUT/flags" ] && [ "$(cat "$OUT/flags")" = "$FLAGS" ] || { rm -f "$OUT"/obj/*.[od]; printf '%s' "$FLAGS" > "$OUT/flags"; }

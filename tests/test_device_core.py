@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from memlora.bundle_tokenizer import BundleTokenizer
@@ -358,3 +359,141 @@ def test_the_core_s_unicode_table_is_this_python_s():
     finally:
         sys.path.pop(0)
     assert unicode_tables.TABLE.read_text() == unicode_tables.render()
+
+
+def store_calls(rng: random.Random) -> tuple[list[dict], list[dict]]:
+    """Two halves of an ingest's store calls: applied exchanges (ADD, UPDATE, DELETE, NONE), skipped ones (no
+    facts, a malformed output kept), repeats of done exchanges, done checks, searches, dumps."""
+    def unit() -> list[float]:
+        v = [rng.gauss(0, 1) for _ in range(8)]
+        n = sum(x * x for x in v) ** 0.5
+        return [float(np.float32(x / n)) for x in v]
+
+    def add(text):
+        return {"event": "ADD", "memory_id": None, "text": text, "embedding": unit()}
+
+    first = [
+        {"call": "apply", "key": "s1:0", "turn_ids": ["D1:1", "D1:2"], "date": "8 May 2023",
+         "facts": ["a", "b é", "c"], "changes": [add("Caroline likes painting"), add("b é 😀"), add("c")]},
+        {"call": "skip", "key": "s1:1", "turn_ids": ["D1:3"], "status": "no_facts", "facts": []},
+        {"call": "apply", "key": "s1:0", "turn_ids": ["D1:1"], "date": "x", "facts": [], "changes": [add("again")]},
+        {"call": "done", "key": "s1:0"}, {"call": "done", "key": "s1:9"},
+        {"call": "search", "query": unit(), "k": 2}, {"call": "dump"},
+    ]
+    second = [
+        {"call": "apply", "key": "s2:0", "turn_ids": ["D2:1"], "date": "9 May 2023", "facts": ["u", "d"],
+         "changes": [{"event": "UPDATE", "memory_id": "m0", "text": "Caroline paints", "embedding": unit()},
+                     {"event": "DELETE", "memory_id": "m1", "text": ""},
+                     {"event": "NONE", "memory_id": "m2", "text": "c"}, add("d"), add("e\nf")]},
+        {"call": "skip", "key": "s2:1", "turn_ids": ["D2:2", "D2:3"], "status": "malformed", "facts": ["x"],
+         "failed_op": "mem_update", "raw_output": '{"memory": [{"id": "7"', "error": "invalid JSON"},
+        {"call": "skip", "key": "s1:1", "turn_ids": ["D1:3"], "status": "no_facts"},
+        {"call": "skip", "key": "s2:2", "turn_ids": [], "status": "too_long"},
+        {"call": "search", "query": unit(), "k": 10}, {"call": "search", "query": unit(), "k": 0}, {"call": "dump"},
+    ]
+    return first, second
+
+
+def python_store_call(store, call: dict):
+    from memlora.store import Change
+
+    if call["call"] == "dump":
+        return {"memories": [{"id": m.id, "text": m.text, "date": m.date} for m in store.memories()],
+                "history": [{"seq": h.seq, "memory_id": h.memory_id, "event": h.event, "old_text": h.old_text,
+                             "new_text": h.new_text, "date": h.date, "turn_ids": json.dumps(h.turn_ids),
+                             "exchange": h.exchange} for h in store.history()],
+                "exchanges": store.exchanges()}
+    if call["call"] == "search":
+        return [{"id": m.id, "text": m.text, "date": m.date, "score": m.score}
+                for m in store.search(np.array(call["query"], np.float32), call["k"])]
+    if call["call"] == "done":
+        return store.is_done(call["key"])
+    if call["call"] == "skip":
+        return store.record_skipped(call["key"], call["turn_ids"], call["status"], call.get("facts"),
+                                    call.get("failed_op"), call.get("raw_output"), call.get("error"))
+    changes = [Change(c["event"], c["memory_id"], c["text"],
+                      np.array(c["embedding"], np.float32) if "embedding" in c else None) for c in call["changes"]]
+    return store.apply(call["key"], call["turn_ids"], call["date"], call["facts"], changes)
+
+
+def core_store(core: Path, path: Path, calls: list[dict], *flags) -> list:
+    result = run(core, "store", "--store", path, *flags, stdin="".join(json.dumps(c) + "\n" for c in calls))
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    return [json.loads(line) for line in result.stdout.splitlines()]
+
+
+def python_store(path: Path, calls: list[dict], read_only: bool = False) -> list:
+    from memlora.store import MemoryStore
+
+    store = MemoryStore(path, read_only=read_only)
+    try:
+        return [python_store_call(store, c) for c in calls]
+    finally:
+        store.close()
+
+
+def assert_same_results(got: list, expected: list) -> None:
+    """Equal, but search scores within float32 rounding (numpy's BLAS sums in another order than the core)."""
+    for g, e in zip(got, expected, strict=True):
+        if isinstance(e, list) and e and isinstance(e[0], dict) and "score" in e[0]:
+            assert [{**m, "score": 0} for m in g] == [{**m, "score": 0} for m in e]
+            assert max(abs(a["score"] - b["score"]) for a, b in zip(g, e)) < 1e-6
+        else:
+            assert g == e
+
+
+def sqlite_rows(path: Path) -> dict:
+    """Everything in the file but the wall-clock `at` columns: schema, meta, memories with their embedding bytes."""
+    import sqlite3
+
+    db = sqlite3.connect(path)
+    try:
+        return {"schema": db.execute("SELECT type, name, sql FROM sqlite_master ORDER BY name").fetchall(),
+                "meta": db.execute("SELECT * FROM meta ORDER BY key").fetchall(),
+                "memories": db.execute("SELECT * FROM memories ORDER BY id").fetchall(),
+                "history": db.execute("SELECT seq,memory_id,event,old_text,new_text,date,turn_ids,exchange "
+                                      "FROM history ORDER BY seq").fetchall(),
+                "exchanges": db.execute("SELECT key,status,turn_ids,facts,failed_op,raw_output,error FROM exchanges "
+                                        "ORDER BY key").fetchall(),
+                "journal": db.execute("PRAGMA journal_mode").fetchone()}
+    finally:
+        db.close()
+
+
+def test_store_is_memlora_store_and_each_opens_the_other_s(core, tmp_path):
+    """The same calls give the same results on the core's store as on memlora/store.py's; a store the core began
+    is continued by Python and the reverse, and both files end with the same rows, bytes of every embedding
+    included; each side reads the other's file read-only to the same dump."""
+    first, second = store_calls(random.Random(0))
+    by_core, by_python = tmp_path / "core" / "store.sqlite", tmp_path / "python" / "store.sqlite"
+    expected_first = python_store(by_python, first)
+    assert_same_results(core_store(core, by_core, first), expected_first)
+    assert_same_results(python_store(by_core, second), core_store(core, by_python, second))
+    assert sqlite_rows(by_core) == sqlite_rows(by_python)
+    dump = [{"call": "dump"}, {"call": "search", "query": first[5]["query"], "k": 3}]
+    assert_same_results(core_store(core, by_python, dump, "--read-only"), python_store(by_core, dump, read_only=True))
+    assert expected_first[2] is None and expected_first[3:5] == [True, False]
+
+
+def test_store_refusals_are_the_python_side_errors(core, tmp_path):
+    import sqlite3
+
+    from memlora.store import MemoryStore
+
+    other = tmp_path / "other.sqlite"
+    sqlite3.connect(other).executescript("CREATE TABLE t (x);")
+    newer = tmp_path / "newer.sqlite"
+    python_store(newer, [])
+    db = sqlite3.connect(newer)
+    db.execute("UPDATE meta SET value='2' WHERE key='schema_version'")
+    db.commit()
+    db.close()
+    empty = tmp_path / "empty.sqlite"
+    empty.touch()
+    not_db = tmp_path / "notdb.sqlite"
+    not_db.write_bytes(b"x" * 4096)
+    for path, read_only in ((other, False), (newer, False), (empty, True), (tmp_path / "missing.sqlite", True),
+                            (not_db, False)):
+        with pytest.raises(MemloraError) as e:
+            MemoryStore(path, read_only=read_only)
+        assert core_error(core, "store", "--store", path, *(["--read-only"] if read_only else [])) == str(e.value)

@@ -12,6 +12,8 @@
 //                                                 result (JSON); appends its trace record to FILE
 //   memlora-core parse --op extract|mem_update|answer   JSONL of {"text", "known_ids"} in, one {"ok": result}
 //                                                 or {"error": reason} per line out (memlora/parse.py's rules)
+//   memlora-core store --store S [--read-only]    JSONL of store calls in (apply, skip, done, search, dump),
+//                                                 one JSON result per line out (memlora/store.py's store)
 //
 // Errors are one line on stderr, "error: <file>: <problem>", with exit code 2 (as the memlora CLI).
 #include <algorithm>
@@ -19,6 +21,7 @@
 #include <cstdio>
 #include <fstream>
 #include <iostream>
+#include <optional>
 #include <set>
 #include <string>
 #include <vector>
@@ -33,13 +36,14 @@
 #include "../src/py_text.h"
 #include "../src/selftest.h"
 #include "../src/sha256.h"
+#include "../src/store.h"
 #include "../src/tokenizer.h"
 
 using namespace memlora;
 
 namespace {
 
-const char* USAGE = "usage: memlora-core version|sha256|verify|tokenize|detokenize|selftest|generate|parse ... (see device_core/README.md)";
+const char* USAGE = "usage: memlora-core version|sha256|verify|tokenize|detokenize|selftest|generate|parse|store ... (see device_core/README.md)";
 
 Tokenizer bundle_tokenizer(const Bundle& bundle) {
   return Tokenizer::from_file(bundle.file(bundle.manifest.tokenizer_dir + "/tokenizer.json"));
@@ -207,6 +211,79 @@ int run_parse(const Args& args) {
   return 0;
 }
 
+std::optional<std::string> optional_string(const JsonView& v, const std::string& key) {
+  if (!v.has(key) || v.at(key).is_null()) return std::nullopt;
+  return v.at(key).string();
+}
+
+std::vector<float> floats(const JsonView& v) {
+  std::vector<float> out;
+  for (const JsonView& x : v.items()) out.push_back(float(x.number()));
+  return out;
+}
+
+Json optional_json(const std::optional<std::string>& v) { return v ? Json(*v) : Json(nullptr); }
+
+Json memories_json(const std::vector<StoredMemory>& memories, bool scores) {
+  Json out = Json::array();
+  for (const StoredMemory& m : memories) {
+    out.push_back({{"id", m.id}, {"text", m.text}, {"date", m.date}});
+    if (scores) out.back()["score"] = double(m.score);
+  }
+  return out;
+}
+
+Json dump_store(MemoryStore& store) {
+  Json history = Json::array(), exchanges = Json::array();
+  for (const HistoryRow& h : store.history()) {
+    history.push_back({{"seq", h.seq}, {"memory_id", h.memory_id}, {"event", h.event}, {"old_text", optional_json(h.old_text)},
+                       {"new_text", optional_json(h.new_text)}, {"date", h.date}, {"turn_ids", h.turn_ids}, {"exchange", h.exchange}});
+  }
+  for (const ExchangeRow& x : store.exchanges()) {
+    exchanges.push_back({{"key", x.key}, {"status", x.status}, {"turn_ids", x.turn_ids}, {"facts", optional_json(x.facts)},
+                         {"failed_op", optional_json(x.failed_op)}, {"raw_output", optional_json(x.raw_output)},
+                         {"error", optional_json(x.error)}});
+  }
+  return {{"memories", memories_json(store.memories(), false)}, {"history", history}, {"exchanges", exchanges}};
+}
+
+// One store call: {"call": "apply"|"skip"|"done"|"search"|"dump", ...the arguments of store.py's method}.
+Json store_call(MemoryStore& store, const Json& call, const std::string& where) {
+  const JsonView v(call, where);
+  const std::string name = v.at("call").string();
+  if (name == "dump") return dump_store(store);
+  if (name == "search") return memories_json(store.search(floats(v.at("query")), int(v.at("k").integer())), true);
+  const std::string key = v.at("key").string();
+  if (name == "done") return store.is_done(key);
+  const std::vector<std::string> turn_ids = v.at("turn_ids").strings();
+  if (name == "skip") {
+    std::optional<std::vector<std::string>> facts;
+    if (v.has("facts") && !v.at("facts").is_null()) facts = v.at("facts").strings();
+    return store.record_skipped(key, turn_ids, v.at("status").string(), facts, optional_string(v, "failed_op"),
+                                optional_string(v, "raw_output"), optional_string(v, "error"));
+  }
+  if (name != "apply") throw Error(where + ": unknown store call '" + name + "'");
+  std::vector<Change> changes;
+  for (const JsonView& c : v.at("changes").items()) {
+    changes.push_back({c.at("event").string(), optional_string(c, "memory_id").value_or(""), c.at("text").string(),
+                       c.has("embedding") ? floats(c.at("embedding")) : std::vector<float>()});
+  }
+  const auto touched = store.apply(key, turn_ids, v.at("date").string(), v.at("facts").strings(), changes);
+  return touched ? Json(*touched) : Json(nullptr);
+}
+
+int run_store(const Args& args) {
+  MemoryStore store(args.required("store"), args.has("read-only"));
+  std::optional<MemoryStore::Writer> writer;
+  if (!args.has("read-only")) writer.emplace(store);
+  std::string line;
+  for (int n = 1; std::getline(std::cin, line); ++n) {
+    const std::string where = "stdin:" + std::to_string(n);
+    std::cout << store_call(store, parse_json(line, where), where).dump() << std::endl;
+  }
+  return 0;
+}
+
 int run(const Args& args) {
   if (args.command == "version") {
     std::cout << Json{{"bundle_schema", BUNDLE_SCHEMA}}.dump() << "\n";
@@ -226,6 +303,7 @@ int run(const Args& args) {
   if (args.command == "selftest") return run_selftest(args);
   if (args.command == "generate") return run_generate(args);
   if (args.command == "parse") return run_parse(args);
+  if (args.command == "store") return run_store(args);
   throw Error("unknown command '" + args.command + "'; " + USAGE);
 }
 
@@ -233,7 +311,7 @@ int run(const Args& args) {
 
 int main(int argc, char** argv) {
   try {
-    return run(parse_args(argc, argv, {"skip-special"}, USAGE));
+    return run(parse_args(argc, argv, {"skip-special", "read-only"}, USAGE));
   } catch (const Error& e) {
     std::cerr << "error: " << e.what() << "\n";
     return 2;
