@@ -1,0 +1,2 @@
+// Swift sees the core only through the Objective-C++ bridge.
+#import "MemloraBridge.h"
