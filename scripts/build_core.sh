@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Build the on-device core's host runner, build/core/memlora-core, from device_core/ with g++ against the
+# Build the on-device core's host runner, build/core/memlora-core, and its C API for the apps,
+# build/core/libmemlora_core.so (device_core/api/memlora_core.h), from device_core/ with g++ against the
 # ExecuTorch runtime the executorch wheel in .venv ships (headers and shared libraries). Plain g++, no CMake:
 # the wheel's CMake config wants CMake >= 3.28. Incremental: an object is rebuilt only when its source, a
 # header it includes or the compiler flags changed; the link only when an object did.
@@ -27,7 +28,7 @@ mkdir -p "$OUT/obj"
 FLAGS="${CXXFLAGS[*]} | ${LDFLAGS[*]}"
 [ -f "$OUT/flags" ] && [ "$(cat "$OUT/flags")" = "$FLAGS" ] || { rm -f "$OUT"/obj/*.[od]; printf '%s' "$FLAGS" > "$OUT/flags"; }
 
-SOURCES=(device_core/src/*.cpp device_core/host/*.cpp)
+SOURCES=(device_core/src/*.cpp device_core/host/*.cpp device_core/api/*.cpp)
 # an object is stale when its source or a header it included (its -MMD list) is newer
 stale_object() {
     local obj=$1 dep
@@ -37,21 +38,38 @@ stale_object() {
     done
     return 1
 }
-OBJECTS=()
+object_of() { echo "$OUT/obj/$(basename "${1%.cpp}").o"; }
 stale=()
 for src in "${SOURCES[@]}"; do
-    obj="$OUT/obj/$(basename "${src%.cpp}").o"
-    OBJECTS+=("$obj")
-    if stale_object "$obj"; then stale+=("$src"); fi
+    if stale_object "$(object_of "$src")"; then stale+=("$src"); fi
 done
 if [ ${#stale[@]} -gt 0 ]; then
     echo "build_core.sh: compiling ${#stale[@]} of ${#SOURCES[@]} sources" >&2
     printf '%s\n' "${stale[@]}" | xargs -P "$JOBS" -I{} sh -c 'g++ "$@" -c {} -o '"$OUT"'/obj/$(basename {} .cpp).o' _ "${CXXFLAGS[@]}"
 fi
-BIN="$OUT/memlora-core"
-if [ ! -x "$BIN" ] || [ -n "$(find "${OBJECTS[@]}" -newer "$BIN" -print -quit)" ]; then
-    g++ "${OBJECTS[@]}" -o "$BIN.partial" "${LDFLAGS[@]}"
-    mv "$BIN.partial" "$BIN"
-    echo "build_core.sh: linked $BIN" >&2
+# link OUTPUT [g++ options] -- SOURCES...: relinked when missing or older than one of the sources' objects
+link() {
+    local target=$1 options=() objects=()
+    shift
+    while [ "$1" != "--" ]; do options+=("$1"); shift; done
+    shift
+    for src in "$@"; do objects+=("$(object_of "$src")"); done
+    if [ ! -f "$target" ] || [ -n "$(find "${objects[@]}" -newer "$target" -print -quit)" ]; then
+        g++ "${options[@]}" "${objects[@]}" -o "$target.partial" "${LDFLAGS[@]}"
+        mv "$target.partial" "$target"
+        echo "build_core.sh: linked $target" >&2
+    fi
+}
+link "$OUT/memlora-core" -- device_core/src/*.cpp device_core/host/*.cpp
+link "$OUT/libmemlora_core.so" -shared -- device_core/src/*.cpp device_core/api/*.cpp
+# android_demo's JNI shim over the C API, compiled against the JDK's jni.h when one is installed (a check of
+# the shim's signatures; the app builds it with the NDK)
+JNI_INCLUDE=$(ls -d /usr/lib/jvm/*/include 2>/dev/null | head -n 1)
+SHIM=android_demo/app/src/main/cpp/memlora_jni.cpp
+if [ -n "$JNI_INCLUDE" ] && { [ ! -f "$OUT/libmemlora_jni.so" ] || [ "$SHIM" -nt "$OUT/libmemlora_jni.so" ] ||
+                              [ device_core/api/memlora_core.h -nt "$OUT/libmemlora_jni.so" ]; }; then
+    g++ -std=c++17 -O2 -Wall -Wextra -fPIC -shared -I device_core/api -I "$JNI_INCLUDE" -I "$JNI_INCLUDE/linux" "$SHIM" \
+        -o "$OUT/libmemlora_jni.so" -L "$OUT" -Wl,-rpath,'$ORIGIN' -lmemlora_core
+    echo "build_core.sh: linked $OUT/libmemlora_jni.so" >&2
 fi
-echo "$BIN"
+echo "$OUT/memlora-core"

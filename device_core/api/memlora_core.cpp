@@ -1,0 +1,183 @@
+// The C API over the core (memlora_core.h): each function parses its JSON request, calls the core, and turns a
+// memlora::Error into the error string -- so the apps see exactly the messages the host runner prints.
+#include "memlora_core.h"
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <exception>
+#include <memory>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "../src/bundle.h"
+#include "../src/error.h"
+#include "../src/executorch_backend.h"
+#include "../src/generate.h"
+#include "../src/json_view.h"
+#include "../src/selftest.h"
+#include "../src/tokenizer.h"
+#include "../src/trace.h"
+
+using namespace memlora;
+
+struct memlora_core {
+  Bundle bundle;
+  Tokenizer tokenizer;
+  ExecuTorchBackend backend;
+  std::set<int> eos_ids;
+  std::string trace;  // "" : not tracing
+
+  explicit memlora_core(Bundle b)
+      : bundle(std::move(b)),
+        tokenizer(Tokenizer::from_file(bundle.file(bundle.manifest.tokenizer_dir + "/tokenizer.json"))),
+        backend(bundle),
+        eos_ids(bundle.manifest.model.special.eos_ids.begin(), bundle.manifest.model.special.eos_ids.end()) {
+    backend.preload();
+  }
+};
+
+namespace {
+
+constexpr int API_VERSION = 1;
+
+char* copy(const std::string& text) {
+  char* out = static_cast<char*>(std::malloc(text.size() + 1));
+  if (out != nullptr) std::memcpy(out, text.c_str(), text.size() + 1);
+  return out;
+}
+
+void report(char** error, const std::string& message) {
+  if (error != nullptr) *error = copy(message);
+}
+
+// Runs `body`, turning any exception into *error; `failed` is what the function returns then.
+template <typename Result, typename Body>
+Result guarded(char** error, Result failed, Body body) {
+  try {
+    return body();
+  } catch (const Error& e) {
+    report(error, e.what());
+  } catch (const std::exception& e) {
+    report(error, std::string("memlora_core: internal error: ") + e.what());
+  }
+  return failed;
+}
+
+memlora_core& need(memlora_core* core) {
+  if (core == nullptr) throw Error("memlora_core: no bundle is open (the handle is NULL)");
+  return *core;
+}
+
+Json request(const char* text, const std::string& function) {
+  if (text == nullptr) throw Error(function + ": the request is NULL");
+  const Json value = parse_json(text, function + " request");
+  if (!value.is_object()) throw Error(function + " request: expected a JSON object");
+  return value;
+}
+
+double per_second(int count, double seconds) { return seconds > 0 ? count / seconds : 0.0; }
+
+Json adapter_json(const AdapterName& adapter) { return adapter ? Json(*adapter) : Json(nullptr); }
+
+Json generate(memlora_core& core, const Json& value) {
+  const JsonView req(value, "memlora_core_generate request");
+  const std::string op = req.at("op").string();
+  const Operation& settings = core.bundle.operation(op);
+  std::vector<int> prompt;
+  for (int64_t id : req.at("prompt_ids").integers()) prompt.push_back(int(id));
+  GenerationConfig config{settings.max_new_tokens, settings.stop, core.bundle.manifest.trace_top_k};
+  if (req.has("max_new_tokens")) {
+    const int64_t budget = req.at("max_new_tokens").integer();
+    if (budget < 1) req.at("max_new_tokens").fail("must be a positive integer");
+    config.max_new_tokens = int(std::min<int64_t>(config.max_new_tokens, budget));
+  }
+  const Generation g = memlora::generate(core.backend, core.tokenizer, prompt, settings.adapter, config, core.eos_ids, op);
+  if (!core.trace.empty()) append_trace(core.trace, g.record);
+  return Json{{"op", op}, {"adapter", adapter_json(settings.adapter)}, {"text", g.record.text},
+              {"output_ids", g.record.output_ids}, {"stop_reason", g.record.stop_reason},
+              {"prompt_tokens", prompt.size()}, {"decode_steps", g.decode_steps},
+              {"prefill_tokens_per_second", per_second(int(prompt.size()), g.prefill_seconds)},
+              {"decode_tokens_per_second", per_second(g.decode_steps, g.decode_seconds)}};
+}
+
+Json info(const memlora_core& core) {
+  const Manifest& m = core.bundle.manifest;
+  Json operations = Json::object();
+  for (const auto& [op, settings] : m.operations) {
+    operations[op] = Json{{"adapter", adapter_json(settings.adapter)}, {"max_new_tokens", settings.max_new_tokens}};
+  }
+  return Json{{"bundle", core.bundle.path}, {"model", m.model.name}, {"backend", core.backend.name()},
+              {"adapters", core.backend.adapters()}, {"operations", operations},
+              {"max_context", core.backend.max_context()}, {"vocab", core.backend.vocab()},
+              {"trace", core.trace.empty() ? Json(nullptr) : Json(core.trace)}};
+}
+
+// The pipeline's entry points, until the core's parser, store, embedder and prompt builder are in device_core/src.
+char* not_yet(memlora_core* core, const char* request_json, char** error, const std::string& function) {
+  return guarded<char*>(error, nullptr, [&]() -> char* {
+    need(core);
+    request(request_json, function);
+    throw Error(function + ": not implemented in this core yet (the prompt builder, parser, SQLite store and "
+                "embedder are not in device_core/src)");
+  });
+}
+
+}  // namespace
+
+extern "C" {
+
+char* memlora_core_version(void) {
+  return copy(Json{{"api", API_VERSION}, {"bundle_schema", BUNDLE_SCHEMA}, {"trace_schema", TRACE_SCHEMA}}.dump());
+}
+
+memlora_core* memlora_core_open(const char* bundle_dir, int verify, char** error) {
+  return guarded<memlora_core*>(error, nullptr, [&] {
+    if (bundle_dir == nullptr) throw Error("memlora_core_open: the bundle path is NULL");
+    return new memlora_core(load_bundle(bundle_dir, verify != 0));
+  });
+}
+
+void memlora_core_close(memlora_core* core) { delete core; }
+
+void memlora_core_free(char* text) { std::free(text); }
+
+char* memlora_core_info(memlora_core* core, char** error) {
+  return guarded<char*>(error, nullptr, [&] { return copy(info(need(core)).dump()); });
+}
+
+char* memlora_core_selftest(memlora_core* core, char** error) {
+  return guarded<char*>(error, nullptr, [&] {
+    memlora_core& c = need(core);
+    return copy(selftest(c.bundle, c.backend, c.tokenizer).to_json().dump());
+  });
+}
+
+int memlora_core_trace_to(memlora_core* core, const char* path, char** error) {
+  return guarded<int>(error, 1, [&] {
+    need(core).trace = path == nullptr ? "" : path;
+    return 0;
+  });
+}
+
+char* memlora_core_generate(memlora_core* core, const char* request_json, char** error) {
+  return guarded<char*>(error, nullptr, [&] {
+    memlora_core& c = need(core);
+    return copy(generate(c, request(request_json, "memlora_core_generate")).dump());
+  });
+}
+
+char* memlora_core_ingest(memlora_core* core, const char* request_json, char** error) {
+  return not_yet(core, request_json, error, "memlora_core_ingest");
+}
+
+char* memlora_core_ask(memlora_core* core, const char* request_json, char** error) {
+  return not_yet(core, request_json, error, "memlora_core_ask");
+}
+
+char* memlora_core_memories(memlora_core* core, const char* request_json, char** error) {
+  return not_yet(core, request_json, error, "memlora_core_memories");
+}
+
+}  // extern "C"

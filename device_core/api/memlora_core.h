@@ -1,0 +1,77 @@
+/* The on-device core's C API: what android_demo/ (JNI) and ios_demo/ (Objective-C++) call, and nothing else.
+ *
+ * Plain C so that any FFI can bind it: one opaque handle per opened bundle, requests and results as UTF-8 JSON
+ * strings, and on failure the core's own one-line message (naming the file and the problem, as the memlora CLI
+ * prints it) instead of a result. Every returned string is allocated by the core and released with
+ * memlora_core_free; a handle is used by one thread at a time.
+ *
+ * Calling convention: a function that produces a result returns it (JSON, never NULL on success) and leaves
+ * *error untouched; on failure it returns NULL (or a non-zero int) and sets *error to the message. `error` may be
+ * NULL when the caller does not want the message.
+ */
+#ifndef MEMLORA_CORE_H
+#define MEMLORA_CORE_H
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(__GNUC__) || defined(__clang__)
+#define MEMLORA_CORE_API __attribute__((visibility("default")))
+#else
+#define MEMLORA_CORE_API
+#endif
+
+typedef struct memlora_core memlora_core;
+
+/* {"api": 1, "bundle_schema": "memlora-bundle/2", "trace_schema": "memlora-trace/1"}. */
+MEMLORA_CORE_API char* memlora_core_version(void);
+
+/* Opens the bundle directory `bundle_dir`: its manifest, and when `verify` is non-zero every file's sha256 and no
+ * unlisted file (what `memlora-core verify` checks); then its tokenizer and its ExecuTorch target, every method
+ * loaded. NULL and *error on any problem. */
+MEMLORA_CORE_API memlora_core* memlora_core_open(const char* bundle_dir, int verify, char** error);
+
+MEMLORA_CORE_API void memlora_core_close(memlora_core* core);
+
+/* Frees a string the core returned (a result or an error); NULL is ignored. */
+MEMLORA_CORE_API void memlora_core_free(char* text);
+
+/* What the opened bundle is: {"bundle", "model", "backend", "adapters", "operations": {op: {"adapter",
+ * "max_new_tokens"}}, "max_context", "vocab", "trace"}. */
+MEMLORA_CORE_API char* memlora_core_info(memlora_core* core, char** error);
+
+/* Replays the bundle's golden traces: the report of `memlora-core selftest --json` ({"passed", "records": [...],
+ * "prompt_tokens", "prefill_seconds", "decode_steps", "decode_seconds", "decode_tokens_per_second"}). A mismatch
+ * is a result with "passed": false, not an error. */
+MEMLORA_CORE_API char* memlora_core_selftest(memlora_core* core, char** error);
+
+/* Every later generation appends its trace record (memlora/schemas/trace.schema.json, backend "executorch") to
+ * the JSONL file at `path`, created if missing -- the device trace `memlora parity --trace` replays. NULL or ""
+ * stops tracing. Returns 0, or non-zero and *error. */
+MEMLORA_CORE_API int memlora_core_trace_to(memlora_core* core, const char* path, char** error);
+
+/* One generation with an operation's settings.
+ *   request: {"op": "extract"|"mem_update"|"answer", "prompt_ids": [int, ...], "max_new_tokens": int >= 1
+ *            (optional, capped at the operation's)}
+ *   result:  {"op", "adapter", "text", "output_ids", "stop_reason", "prompt_tokens", "decode_steps",
+ *            "prefill_tokens_per_second", "decode_tokens_per_second"} */
+MEMLORA_CORE_API char* memlora_core_generate(memlora_core* core, const char* request_json, char** error);
+
+/* The memory pipeline over a SQLite store (memlora/store.py's semantics). Declared for the apps; until the core
+ * has its prompt builder, parser, store and embedder these fail with "<function>: not implemented in this core
+ * yet (...)".
+ *   ingest:   {"store": path, "turns": [{"speaker", "text", "date"}, ...]} or {"store": path, "file": path of
+ *             JSONL turns or a LoCoMo conversation, "sessions": "1-2" (optional)}
+ *             -> {"exchanges", "skipped", "added", "updated", "deleted", "malformed"}
+ *   ask:      {"store": path, "question": text} -> {"answer", "memories": [...], "adapter", "decode_tokens_per_second"}
+ *   memories: {"store": path, "history": bool} -> {"memories": [{"id", "text", "date", "history": [...]}, ...]} */
+MEMLORA_CORE_API char* memlora_core_ingest(memlora_core* core, const char* request_json, char** error);
+MEMLORA_CORE_API char* memlora_core_ask(memlora_core* core, const char* request_json, char** error);
+MEMLORA_CORE_API char* memlora_core_memories(memlora_core* core, const char* request_json, char** error);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* MEMLORA_CORE_H */
