@@ -88,7 +88,7 @@ def test_verify_accepts_the_bundle(core, et_bundle):
 
 
 def test_bundle_problems_are_the_python_side_errors(core, et_bundle, tmp_path):
-    """A tampered, a missing and an unlisted file, an old and a future schema version: one line naming the
+    """A tampered, a missing and an unlisted file, two old and a future schema version: one line naming the
     file, word for word what export/bundle.py says."""
     bundle = tmp_path / "b"
     shutil.copytree(et_bundle, bundle)
@@ -109,10 +109,10 @@ def test_bundle_problems_are_the_python_side_errors(core, et_bundle, tmp_path):
     shutil.move(bundle / "tokenizer" / "tokenizer.json", tmp_path / "tokenizer.json")
     same("tokenizer/tokenizer.json")
     shutil.move(tmp_path / "tokenizer.json", bundle / "tokenizer" / "tokenizer.json")
-    for version in ("memlora-bundle/1", "memlora-bundle/3"):
+    for version in ("memlora-bundle/1", "memlora-bundle/2", "memlora-bundle/4"):
         (bundle / MANIFEST).write_text(json.dumps({**manifest, "schema_version": version}))
         same(MANIFEST)
-    assert "memlora-bundle/3" not in core_error(core, "verify", "--bundle", bundle).split(": ", 1)[0]
+    assert "memlora-bundle/4" not in core_error(core, "verify", "--bundle", bundle).split(": ", 1)[0]
     (bundle / MANIFEST).write_text(json.dumps(manifest))
     assert run(core, "verify", "--bundle", bundle).returncode == 0
 
@@ -191,10 +191,11 @@ def selftest(core: Path, bundle: Path, tmp_path: Path) -> tuple[subprocess.Compl
 
 
 def test_selftest_replays_the_golden_traces_identically(core, et_bundle, tmp_path):
-    """The golden prompts' ids in, on ExecuTorch's C++ runtime: the reference's output ids, stop reasons and
-    texts out, and its top-k logits to the trace's 5 decimals."""
+    """The golden prompts' ids in, on ExecuTorch's C++ runtime under each record's output constraint: the
+    reference's output ids, stop reasons and texts out, and its top-k logits to the trace's 5 decimals."""
     result, report = selftest(core, et_bundle, tmp_path)
     golden = [json.loads(line) for line in (et_bundle / "golden" / "traces.jsonl").read_text().splitlines()]
+    assert {g["op"]: g["constraint"].split("/")[0] for g in golden} == {op: op for op in ("extract", "mem_update", "answer")}
     assert result.returncode == 0 and report["passed"], result.stdout
     assert [(r["op"], r["tokens"], r["stop"]) for r in report["records"]] == \
         [(g["op"], len(g["output_ids"]), g["stop_reason"]) for g in golden]
@@ -241,13 +242,14 @@ def test_device_traces_of_the_core_pass_parity_and_a_tampered_one_fails(core, et
     budget = json.loads((et_bundle / MANIFEST).read_text())["golden"]["max_new_tokens"]
     trace = tmp_path / "device.jsonl"
     for g in golden:
-        result = run(core, "generate", "--bundle", et_bundle, "--op", g["op"], "--max-new-tokens", budget,
+        shown = g["constraint"].split("/")[1] if g["op"] == "mem_update" else 0
+        result = run(core, "generate", "--bundle", et_bundle, "--op", g["op"], "--max-new-tokens", budget, "--shown", shown,
                      "--prompt-ids", ",".join(map(str, g["prompt_ids"])), "--trace", trace)
         assert result.returncode == 0 and result.stderr == "", result.stderr
         assert json.loads(result.stdout)["output_ids"] == g["output_ids"]
     records = [json.loads(line) for line in trace.read_text().splitlines()]
-    assert [(r["backend"], r["op"], r["output_ids"], r["text"]) for r in records] == \
-        [("executorch", g["op"], g["output_ids"], g["text"]) for g in golden]
+    assert [(r["backend"], r["op"], r["output_ids"], r["text"], r["constraint"]) for r in records] == \
+        [("executorch", g["op"], g["output_ids"], g["text"], g["constraint"]) for g in golden]
     tampered = json.loads(json.dumps(records[0]))
     tampered["backend"] = "tampered"
     tampered["topk"][1]["ids"][0] = (tampered["topk"][1]["ids"][0] + 1) % 100
@@ -497,3 +499,20 @@ def test_store_refusals_are_the_python_side_errors(core, tmp_path):
         with pytest.raises(MemloraError) as e:
             MemoryStore(path, read_only=read_only)
         assert core_error(core, "store", "--store", path, *(["--read-only"] if read_only else [])) == str(e.value)
+
+
+def test_a_broken_constraint_file_is_the_python_side_error(core, et_bundle, tmp_path):
+    """Tables whose bytes changed (the bundle re-signed, so the checksum passes) and a file that is not a
+    constraint file: memlora/constrain.py's one-line message, before any program loads."""
+    from memlora import constrain
+
+    bundle = tmp_path / "b"
+    shutil.copytree(et_bundle, bundle)
+    file = bundle / "constraints" / "automaton.bin"
+    blob = file.read_bytes()
+    for broken in (blob[:-1] + bytes([blob[-1] ^ 1]), b"NOTMAGIC" + blob[8:]):
+        file.write_bytes(broken)
+        resign(bundle)
+        with pytest.raises(MemloraError) as e:
+            constrain.load(file)
+        assert core_error(core, "generate", "--bundle", bundle, "--op", "answer", "--prompt-ids", "1,2") == str(e.value)

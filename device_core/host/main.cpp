@@ -7,8 +7,9 @@
 //   memlora-core tokenize (--bundle B | --tokenizer FILE)     JSONL of strings in, JSONL of id lists out
 //   memlora-core detokenize (--bundle B | --tokenizer FILE) [--skip-special]   JSONL of id lists in, strings out
 //   memlora-core selftest --bundle B [--json FILE]   replay the golden traces; exit 1 on any mismatch
-//   memlora-core generate --bundle B --op OP --prompt-ids 1,2,3 [--max-new-tokens N] [--trace FILE]
-//                                                 one generation with the operation's settings; prints its
+//   memlora-core generate --bundle B --op OP --prompt-ids 1,2,3 [--max-new-tokens N] [--shown N] [--trace FILE]
+//                                                 one generation with the operation's settings, under its
+//                                                 constraint (mem_update: for N memories shown); prints its
 //                                                 result (JSON); appends its trace record to FILE
 //   memlora-core parse --op extract|mem_update|answer   JSONL of {"text", "known_ids"} in, one {"ok": result}
 //                                                 or {"error": reason} per line out (memlora/parse.py's rules)
@@ -144,6 +145,8 @@ int run_generate(const Args& args) {
   const std::string op = args.required("op");
   const Operation& settings = bundle.operation(op);
   const std::vector<int> prompt = parse_ids(args.required("prompt-ids"));
+  const int shown = args.has("shown") ? non_negative(args.required("shown"), "generate: --shown") : 0;
+  const Constraint constraint = bundle.constraint(table_name(op, shown));
   GenerationConfig config{settings.max_new_tokens, settings.stop, bundle.manifest.trace_top_k};
   if (args.has("max-new-tokens")) {
     config.max_new_tokens = std::min(config.max_new_tokens, non_negative(args.required("max-new-tokens"), "generate: --max-new-tokens"));
@@ -153,7 +156,7 @@ int run_generate(const Args& args) {
   backend.preload();
   const auto& eos_ids = bundle.manifest.model.special.eos_ids;
   const Generation g = generate(backend, tokenizer, prompt, settings.adapter, config,
-                                std::set<int>(eos_ids.begin(), eos_ids.end()), op);
+                                std::set<int>(eos_ids.begin(), eos_ids.end()), op, &constraint);
   if (args.has("trace")) append_trace(args.required("trace"), g.record);
   std::cout << Json{{"text", g.record.text}, {"output_ids", g.record.output_ids}, {"stop_reason", g.record.stop_reason},
                     {"prefill_tokens_per_second", per_second(int(prompt.size()), g.prefill_seconds)},

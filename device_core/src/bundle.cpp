@@ -13,7 +13,9 @@ namespace memlora {
 namespace {
 
 // Manifest versions of earlier memlora releases, refused with how to re-export (as export/bundle.py does).
-const std::map<std::string, std::string> OLD_VERSIONS = {{"memlora-bundle/1", "0.2"}};
+const std::map<std::string, std::pair<std::string, std::string>> OLD_VERSIONS = {
+    {"memlora-bundle/1", {"0.2", "whose quantization recipes this version cannot read"}},
+    {"memlora-bundle/2", {"0.3", "which has no output constraints for this version to decode with"}}};
 
 std::optional<int> optional_int(const JsonView& v, const std::string& key) {
   if (!v.has(key) || v.at(key).is_null()) return std::nullopt;
@@ -86,6 +88,9 @@ Manifest typed(const Json& doc, const std::string& source) {
   JsonView golden = root.at("golden");
   m.golden = Golden{golden.at("file").string(), static_cast<int>(golden.at("max_new_tokens").integer()),
                     static_cast<int>(golden.at("records").integer())};
+  JsonView constraints = root.at("constraints");
+  if (constraints.at("format").string() != CONSTRAINTS_FORMAT) constraints.at("format").fail("'" + std::string(CONSTRAINTS_FORMAT) + "' was expected");
+  m.constraints_file = constraints.at("file").string();
   for (const auto& [rel, digest] : root.at("files").members()) {
     if (outside(rel)) throw Error(source + ": lists '" + rel + "', which is outside the bundle");
     m.files.emplace_back(rel, digest.string());
@@ -114,6 +119,15 @@ const ExecuTorchTarget& Bundle::executorch() const {
   return *manifest.executorch;
 }
 
+Constraint Bundle::constraint(const std::string& table) const {
+  if (!constraints) constraints = load_constraints(file(manifest.constraints_file));
+  try {
+    return Constraint(constraints, table);
+  } catch (const Error& e) {
+    throw Error(file(manifest.constraints_file) + ": " + e.what());
+  }
+}
+
 Manifest read_manifest(const std::string& dir) {
   const std::string source = dir + "/" + MANIFEST;
   if (!fs::is_regular_file(source)) throw Error(source + ": cannot read bundle manifest (no such file)");
@@ -122,8 +136,8 @@ Manifest read_manifest(const std::string& dir) {
   std::string version = root.at("schema_version").string();
   auto old = OLD_VERSIONS.find(version);
   if (old != OLD_VERSIONS.end()) {
-    throw Error(source + ": a bundle of memlora " + old->second + " (" + version + "), whose quantization recipes "
-                "this version cannot read; re-export it with `memlora export ... --out " + dir + "` (export replaces it)");
+    throw Error(source + ": a bundle of memlora " + old->second.first + " (" + version + "), " + old->second.second +
+                "; re-export it with `memlora export ... --out " + dir + "` (export replaces it)");
   }
   if (version != BUNDLE_SCHEMA) root.at("schema_version").fail("'" + std::string(BUNDLE_SCHEMA) + "' was expected");
   Manifest m = typed(doc, source);
@@ -134,7 +148,7 @@ Manifest read_manifest(const std::string& dir) {
 Bundle load_bundle(const std::string& path, bool verify) {
   std::string dir = path;  // "B/" names the bundle B, as Python's Path does
   while (dir.size() > 1 && dir.back() == '/') dir.pop_back();
-  Bundle bundle{dir, read_manifest(dir)};
+  Bundle bundle{dir, read_manifest(dir), nullptr};
   if (!verify) return bundle;
   for (const auto& [rel, expected] : bundle.manifest.files) {
     const std::string f = bundle.file(rel);

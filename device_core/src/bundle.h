@@ -4,15 +4,17 @@
 #pragma once
 
 #include <map>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
 
+#include "constrain.h"
 #include "json_view.h"
 
 namespace memlora {
 
-inline constexpr const char* BUNDLE_SCHEMA = "memlora-bundle/2";
+inline constexpr const char* BUNDLE_SCHEMA = "memlora-bundle/3";
 inline constexpr const char* MANIFEST = "manifest.json";
 
 struct SpecialTokens {
@@ -67,6 +69,7 @@ struct Manifest {
   std::optional<ExecuTorchTarget> executorch;
   Golden golden;
   std::vector<std::pair<std::string, std::string>> files;  // relative path -> sha256, in manifest order
+  std::string constraints_file;  // bundle-relative memlora-constraints/1 file
   Json document;  // the whole manifest, for sections later modules type themselves (the embedder)
 };
 
@@ -77,6 +80,8 @@ struct Bundle {
   std::string file(const std::string& relative) const { return path + "/" + relative; }
   const Operation& operation(const std::string& op) const;  // Error naming the manifest if unknown
   const ExecuTorchTarget& executorch() const;               // Error naming the manifest if absent
+  Constraint constraint(const std::string& table) const;    // a table of the bundle's constraint file (read once)
+  mutable std::shared_ptr<const Constraints> constraints;
 };
 
 // The typed manifest of the bundle at `dir`; schema version and the fields the core reads are checked.

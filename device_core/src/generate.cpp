@@ -27,14 +27,25 @@ size_t first_stop(const std::string& text, const std::vector<std::string>& stop)
 
 Generation generate(Backend& backend, const Tokenizer& tokenizer, const std::vector<int>& prompt_ids,
                     const AdapterName& adapter, const GenerationConfig& config, const std::set<int>& eos_ids,
-                    const std::string& op) {
+                    const std::string& op, const Constraint* constraint) {
   const int budget = std::min(config.max_new_tokens, backend.max_context() - int(prompt_ids.size()));
   if (budget <= 0) {
     throw Error("prompt of " + std::to_string(prompt_ids.size()) + " tokens leaves no room in a context of " +
                 std::to_string(backend.max_context()));
   }
+  int state = 0;
+  if (constraint) {
+    if (eos_ids.empty()) throw Error("constraint " + constraint->name() + ": no eos id to end the output with");
+    if (constraint->needs(state) > budget) {
+      throw Error("prompt of " + std::to_string(prompt_ids.size()) + " tokens leaves " + std::to_string(budget) +
+                  " in a context of " + std::to_string(backend.max_context()) + "; the shortest " + constraint->name() +
+                  " output takes " + std::to_string(constraint->needs(state)));
+    }
+  }
+  const std::vector<int> eos(eos_ids.begin(), eos_ids.end());
   Generation g;
   TraceRecord& r = g.record;
+  if (constraint) r.constraint = constraint->name();
   r.backend = backend.name();
   r.op = op;
   r.adapter = adapter;
@@ -48,12 +59,13 @@ Generation generate(Backend& backend, const Tokenizer& tokenizer, const std::vec
   bool stopped = false;
   while (true) {
     r.topk.push_back(top_k(logits, config.trace_top_k));
-    const int token = argmax(logits);
+    const int token = constraint ? constraint->choose(logits, state, budget - int(r.output_ids.size()), eos) : argmax(logits);
     if (eos_ids.count(token)) {
       r.stop_reason = "eos";
       break;
     }
     r.output_ids.push_back(token);
+    if (constraint) state = constraint->advance(state, token);
     if (!config.stop.empty()) {
       r.text = tokenizer.decode(r.output_ids, true);
       const size_t cut = first_stop(r.text, config.stop);

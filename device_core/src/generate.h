@@ -1,9 +1,8 @@
 // The decode loop, as memlora/generate.py runs it on every backend: greedy (argmax, ties to the lowest id),
 // ends on an eos id, a stop string in the decoded text, or the token budget (the smaller of max_new_tokens
 // and the room left in the context).
-//
-// Seam: a constrained operation (docs/constraints.md, memlora/constrain.py, being defined) will mask the
-// logits right before the argmax below; nothing else in the loop changes.
+// With a constraint (docs/constraints.md) the argmax runs over the tokens it allows with the budget left, so
+// the output always ends complete with eos; traces keep the raw logits' top-k and name the table.
 #pragma once
 
 #include <set>
@@ -11,6 +10,7 @@
 #include <vector>
 
 #include "backend.h"
+#include "constrain.h"
 #include "tokenizer.h"
 #include "trace.h"
 
@@ -29,10 +29,10 @@ struct Generation {
   int decode_steps = 0;        // forward passes after the prompt's
 };
 
-// Greedy-decode from `prompt_ids` with `adapter` active; Error "prompt of N tokens leaves no room in a
-// context of C" when nothing can be generated.
+// Greedy-decode from `prompt_ids` with `adapter` active (under `constraint` unless null); Error "prompt of N
+// tokens leaves ..." when nothing, or not the shortest constrained output, can be generated.
 Generation generate(Backend& backend, const Tokenizer& tokenizer, const std::vector<int>& prompt_ids,
                     const AdapterName& adapter, const GenerationConfig& config, const std::set<int>& eos_ids,
-                    const std::string& op);
+                    const std::string& op, const Constraint* constraint = nullptr);
 
 }  // namespace memlora

@@ -66,7 +66,10 @@ SelftestReport selftest(const Bundle& bundle, Backend& backend, const Tokenizer&
     const Operation& op = bundle.operation(expected.op);
     const GenerationConfig config{std::min(bundle.manifest.golden.max_new_tokens, op.max_new_tokens), op.stop,
                                   bundle.manifest.trace_top_k};
-    const Generation g = generate(backend, tokenizer, expected.prompt_ids, expected.adapter, config, eos, expected.op);
+    const std::optional<Constraint> constraint = expected.constraint ? std::optional<Constraint>(bundle.constraint(*expected.constraint))
+                                                                     : std::nullopt;
+    const Generation g = generate(backend, tokenizer, expected.prompt_ids, expected.adapter, config, eos, expected.op,
+                                  constraint ? &*constraint : nullptr);
     report.records.push_back(compare(line, expected, g.record));
     report.prompt_tokens += int(expected.prompt_ids.size());
     report.prefill_seconds += g.prefill_seconds;

@@ -47,6 +47,7 @@ TraceRecord record_of(const JsonView& v) {
     r.topk.push_back(std::move(t));
   }
   r.text = v.at("text").string();
+  if (v.has("constraint") && !v.at("constraint").is_null()) r.constraint = v.at("constraint").string();
   return r;
 }
 
@@ -57,7 +58,8 @@ Json TraceRecord::to_json() const {
   for (const TopK& t : topk) steps.push_back(Json{{"ids", t.ids}, {"logits", t.logits}});
   return Json{{"schema", TRACE_SCHEMA}, {"backend", backend}, {"op", op},
               {"adapter", adapter ? Json(*adapter) : Json(nullptr)}, {"prompt_ids", prompt_ids},
-              {"output_ids", output_ids}, {"stop_reason", stop_reason}, {"topk", steps}, {"text", text}};
+              {"output_ids", output_ids}, {"stop_reason", stop_reason}, {"topk", steps}, {"text", text},
+              {"constraint", constraint ? Json(*constraint) : Json(nullptr)}};
 }
 
 std::vector<NumberedRecord> read_trace_file(const std::string& path) {

@@ -3,6 +3,7 @@
 // replays against the reference.
 #pragma once
 
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -28,6 +29,7 @@ struct TraceRecord {
   std::string stop_reason;      // "eos" | "stop" | "length"
   std::vector<TopK> topk;       // one per decode step (an "eos" record has one more than output_ids)
   std::string text;
+  std::optional<std::string> constraint;  // the output constraint's table, none when unconstrained
 
   Json to_json() const;
 };
