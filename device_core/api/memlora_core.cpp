@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "../src/bundle.h"
+#include "../src/constrain.h"
 #include "../src/error.h"
 #include "../src/executorch_backend.h"
 #include "../src/generate.h"
@@ -93,7 +94,10 @@ Json generate(memlora_core& core, const Json& value) {
     if (budget < 1) req.at("max_new_tokens").fail("must be a positive integer");
     config.max_new_tokens = int(std::min<int64_t>(config.max_new_tokens, budget));
   }
-  const Generation g = memlora::generate(core.backend, core.tokenizer, prompt, settings.adapter, config, core.eos_ids, op);
+  const int shown = req.has("shown") ? int(req.at("shown").integer()) : 0;
+  const Constraint constraint = core.bundle.constraint(table_name(op, shown));
+  const Generation g =
+      memlora::generate(core.backend, core.tokenizer, prompt, settings.adapter, config, core.eos_ids, op, &constraint);
   if (!core.trace.empty()) append_trace(core.trace, g.record);
   return Json{{"op", op}, {"adapter", adapter_json(settings.adapter)}, {"text", g.record.text},
               {"output_ids", g.record.output_ids}, {"stop_reason", g.record.stop_reason},
@@ -114,13 +118,14 @@ Json info(const memlora_core& core) {
               {"trace", core.trace.empty() ? Json(nullptr) : Json(core.trace)}};
 }
 
-// The pipeline's entry points, until the core's parser, store, embedder and prompt builder are in device_core/src.
+// The pipeline's entry points, until device_core/src has the prompt builder, the embedder and the pipeline over
+// them with its parser and store.
 char* not_yet(memlora_core* core, const char* request_json, char** error, const std::string& function) {
   return guarded<char*>(error, nullptr, [&]() -> char* {
     need(core);
     request(request_json, function);
-    throw Error(function + ": not implemented in this core yet (the prompt builder, parser, SQLite store and "
-                "embedder are not in device_core/src)");
+    throw Error(function + ": not implemented in this core yet (device_core/src has no prompt builder, embedder "
+                "or pipeline)");
   });
 }
 

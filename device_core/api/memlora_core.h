@@ -51,16 +51,17 @@ MEMLORA_CORE_API char* memlora_core_selftest(memlora_core* core, char** error);
  * stops tracing. Returns 0, or non-zero and *error. */
 MEMLORA_CORE_API int memlora_core_trace_to(memlora_core* core, const char* path, char** error);
 
-/* One generation with an operation's settings.
+/* One generation with an operation's settings, under its output constraint (docs/constraints.md), as
+ * `memlora-core generate` runs it.
  *   request: {"op": "extract"|"mem_update"|"answer", "prompt_ids": [int, ...], "max_new_tokens": int >= 1
- *            (optional, capped at the operation's)}
+ *            (optional, capped at the operation's), "shown": the memories a mem_update prompt shows (default 0)}
  *   result:  {"op", "adapter", "text", "output_ids", "stop_reason", "prompt_tokens", "decode_steps",
  *            "prefill_tokens_per_second", "decode_tokens_per_second"} */
 MEMLORA_CORE_API char* memlora_core_generate(memlora_core* core, const char* request_json, char** error);
 
 /* The memory pipeline over a SQLite store (memlora/store.py's semantics). Declared for the apps; until the core
- * has its prompt builder, parser, store and embedder these fail with "<function>: not implemented in this core
- * yet (...)".
+ * has its prompt builder, embedder and the pipeline over its parser and store, these fail with "<function>: not
+ * implemented in this core yet (...)".
  *   ingest:   {"store": path, "turns": [{"speaker", "text", "date"}, ...]} or {"store": path, "file": path of
  *             JSONL turns or a LoCoMo conversation, "sessions": "1-2" (optional)}
  *             -> {"exchanges", "skipped", "added", "updated", "deleted", "malformed"}
