@@ -7,6 +7,7 @@ bundle; the torch reference, which has no bundle, compiles them once per tokeniz
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -198,9 +199,13 @@ def for_tokenizer(tokenizer) -> Constraints:
                 return cached
         except MemloraError:
             pass
-    fresh = compile_json(text, getattr(tokenizer, "name_or_path", "tokenizer") or "tokenizer")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    fresh = compile_json(text, str(Path(getattr(tokenizer, "name_or_path", "") or ".") / "tokenizer.json"))
     aside = path.with_suffix(f".{os.getpid()}.tmp")
-    aside.write_bytes(fresh.to_bytes())
-    os.replace(aside, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        aside.write_bytes(fresh.to_bytes())
+        os.replace(aside, path)
+    except OSError:  # a home we cannot write to only costs the next run another compile
+        with contextlib.suppress(OSError):
+            aside.unlink()
     return fresh

@@ -169,6 +169,13 @@ def test_compiled_once_per_tokenizer_and_rebuilt_when_corrupt(tok, home):
     assert constrain.for_tokenizer(tok).to_bytes() == first.to_bytes() == path.read_bytes()
 
 
+def test_a_home_it_cannot_write_to_only_costs_a_compile(tok, tmp_path, monkeypatch):
+    (tmp_path / "home").write_text("a file where the home directory should be")
+    monkeypatch.setenv("MEMLORA_HOME", str(tmp_path / "home"))
+    assert set(constrain.for_tokenizer(tok).tables) == set(constrain.automata())
+    assert list(tmp_path.iterdir()) == [tmp_path / "home"]
+
+
 def test_non_byte_level_tokenizer_is_refused():
     spec = json.dumps({"model": {"type": "WordPiece", "vocab": {"a": 0}}, "decoder": {"type": "WordPiece"}})
     with pytest.raises(MemloraError, match="bert/tokenizer.json: constrained decoding needs a byte-level BPE"):
