@@ -36,7 +36,10 @@ VERBS = {
     "bench": "memlora.runtime.bench.command",
     "parity": "memlora.runtime.parity.command",
     "matrix": "memlora.matrix",
+    "eval locomo": "memlora.eval_locomo",
+    "eval convs": "memlora.eval_convs",
 }
+"""Verb -> module; a two-word verb is a subcommand of its first word's group."""
 
 
 def _friendly(fn):
@@ -53,9 +56,10 @@ def _friendly(fn):
     return run
 
 
+eval_app = typer.Typer(no_args_is_help=True, rich_markup_mode=HELP_MARKUP,
+                       help="Score the memory pipeline on a benchmark or on conversations with known truth.")
+GROUPS = {"eval": eval_app}
 for _verb, _module in VERBS.items():
-    app.command(_verb)(_friendly(importlib.import_module(_module).main))
-
-eval_app = typer.Typer(no_args_is_help=True, rich_markup_mode=HELP_MARKUP, help="Score the memory pipeline on a benchmark.")
-eval_app.command("locomo")(_friendly(importlib.import_module("memlora.eval_locomo").main))
+    _group, _, _sub = _verb.rpartition(" ")
+    (GROUPS[_group] if _group else app).command(_sub)(_friendly(importlib.import_module(_module).main))
 app.add_typer(eval_app, name="eval")

@@ -2,7 +2,9 @@
 
 Set up the default model, ingest a short two-session conversation with the reference pipeline (shipped
 adapters when present), answer questions from memory, export the bundle and check it with the parity
-harness. Everything lands in one output directory a user can inspect.
+harness. Everything lands in one output directory a user can inspect. Each answer and each stored memory is
+judged against the conversation's truth (memlora/data/demo_conversation.truth.json): right or wrong answer,
+memory naming the right person or not, and a summary line. Wrong answers do not fail the demo; parity does.
 """
 
 from __future__ import annotations
@@ -14,12 +16,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-DEMO_CONVERSATION = Path(__file__).parent / "data" / "demo_conversation.jsonl"
-DEMO_QUESTIONS = (
-    "What is the name of Ben's dog?",
-    "What is Ana's job?",
-    "What does Ben do for work now?",
-)
+from .truth import DEMO_CONVERSATION, load_truth, truth_path
 
 
 def main(
@@ -40,6 +37,7 @@ def main(
     from .errors import MemloraError
     from .ingest import ingest, plan, warn_skipped
     from .paths import default_model_dir
+    from .quality import describe, score
     from .session import default_adapters
     from .setup import ensure_default_model
 
@@ -49,13 +47,14 @@ def main(
     pipeline = open_pipeline(out / "store.sqlite", trace=out / "reference_trace.jsonl")
     console.print(f"adapters: {', '.join(pipeline.backend.adapters) or 'none (base model alone)'}")
     conv = load_conversation(DEMO_CONVERSATION)
+    truth = load_truth(truth_path(DEMO_CONVERSATION))
     results = ingest(pipeline, plan(conv, window=4), "ingest demo conversation")
     warn_skipped(results, DEMO_CONVERSATION)
-    console.print(f"exchanges: {dict(Counter(r.status for r in results))}; memories:")
-    for m in pipeline.store.memories():
-        console.print(f"  {m.id} ({m.date}) {m.text}", markup=False)
-    for q in DEMO_QUESTIONS:
-        console.print(f"Q: {q}\nA: {pipeline.answer(q).text}", markup=False)
+    console.print(f"exchanges: {dict(Counter(r.status for r in results))}")
+    answers = [pipeline.answer(q.question).text for q in truth.questions]
+    judged = score("demo", truth, answers, pipeline.store.memories(), pipeline.store.exchanges())
+    for text in describe(judged):
+        console.print(text, markup=False, soft_wrap=True)
 
     adapters = default_adapters()
     if adapters is None:

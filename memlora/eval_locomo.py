@@ -2,8 +2,9 @@
 
 Each conversation is ingested session by session (windows of 4 turns, as `memlora ingest` does) into its
 own store; questions of categories 1-4 whose evidence lies in the ingested sessions are then answered.
-Reported: token F1 and BLEU-1 per category and overall, extraction F1 against the observations, update
-accuracy against the rule-based update teacher, and an LLM-judge score (J) when a judge is configured.
+Reported: token F1 and BLEU-1 per category and overall, extraction F1 against the observations and the
+speaker attribution of the matched facts, malformed replies per operation, update accuracy against the
+rule-based update teacher, and an LLM-judge score (J) when a judge is configured.
 Stores and answers live in a work directory, so an interrupted run resumes where it stopped.
 """
 
@@ -23,8 +24,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from . import options
 from .errors import MemloraError
+from .evaluation import Threads, write_report
 
-DEFAULT_CONVERSATIONS = "conv-47,conv-48"
+from .distill.teacher import HELD_OUT
+
+DEFAULT_CONVERSATIONS = ",".join(HELD_OUT)
 CATEGORIES = {1: "multi-hop", 2: "temporal", 3: "open-domain", 4: "single-hop"}
 FACT_MATCH_F1 = 0.5  # a predicted fact matches a gold observation at LoCoMo token F1 >= this
 JUDGE_ENV = ("MEMLORA_JUDGE_URL", "MEMLORA_JUDGE_MODEL", "MEMLORA_JUDGE_KEY")
@@ -41,41 +45,51 @@ def questions_in(conv, sessions: list[int]) -> list[dict]:
     return out
 
 
-def match_facts(predicted: list[str], gold: list[str]) -> int:
-    """Greedy one-to-one matching of predicted to gold facts by LoCoMo token F1; returns the matches."""
+def match_facts(predicted: list[str], gold: list[str]) -> list[tuple[int, int]]:
+    """Greedy one-to-one matching of predicted to gold facts by LoCoMo token F1, best first: (predicted, gold)
+    index pairs."""
     from .metrics import token_f1
 
     pairs = sorted(((token_f1(p, g), i, j) for i, p in enumerate(predicted) for j, g in enumerate(gold)), reverse=True)
-    used_p, used_g, n = set(), set(), 0
+    used_p, used_g, out = set(), set(), []
     for score, i, j in pairs:
         if score < FACT_MATCH_F1:
             break
         if i not in used_p and j not in used_g:
             used_p.add(i), used_g.add(j)
-            n += 1
-    return n
+            out.append((i, j))
+    return out
 
 
 def extraction_scores(store, conv, sessions: list[int]) -> dict:
-    """Micro precision/recall/F1 of the facts the pipeline extracted per exchange vs the observations."""
+    """Micro precision/recall/F1 of the facts the pipeline extracted per exchange vs the observations, and how
+    many matched facts name the person the observation is annotated under (speaker attribution)."""
     from .conversations import exchanges
-    from .distill.teacher import WINDOW, window_facts
+    from .distill.teacher import WINDOW, window_observations
+    from .quality import names_in, names_right_person
 
-    gold_by_key = {key: facts for (key, _), (_, facts) in
-                   zip(exchanges(conv, [s.number for s in conv.sessions], WINDOW), window_facts(conv))}
-    pred_n = gold_n = matched = malformed = 0
+    gold_by_key = {key: obs for (key, _), (_, obs) in
+                   zip(exchanges(conv, [s.number for s in conv.sessions], WINDOW), window_observations(conv))}
+    pred_n = gold_n = matched = right = 0
     keys = {k for k, _ in exchanges(conv, sessions, WINDOW)}
     for row in store.exchanges():
         if row["key"] not in keys:
             continue
         facts = json.loads(row["facts"] or "null") or []  # malformed extraction: no facts
-        malformed += row["status"] == "malformed" and row["failed_op"] == "extract"
         gold = gold_by_key.get(row["key"], [])
-        pred_n, gold_n, matched = pred_n + len(facts), gold_n + len(gold), matched + match_facts(facts, gold)
-    p = matched / pred_n if pred_n else 0.0
-    r = matched / gold_n if gold_n else 0.0
+        pairs = match_facts(facts, [g for g, _ in gold])
+        right += sum(names_right_person(facts[i], gold[j][1], names_in(gold[j][0], conv.speakers), conv.speakers)
+                     for i, j in pairs)
+        pred_n, gold_n, matched = pred_n + len(facts), gold_n + len(gold), matched + len(pairs)
+    return {"predicted": pred_n, "gold": gold_n, "matched": matched, "right_person": right}
+
+
+def _f1(counts: dict) -> dict:
+    """Precision, recall, F1 and speaker attribution accuracy from summed counts."""
+    p = counts["matched"] / counts["predicted"] if counts["predicted"] else 0.0
+    r = counts["matched"] / counts["gold"] if counts["gold"] else 0.0
     return {"precision": p, "recall": r, "f1": 2 * p * r / (p + r) if p + r else 0.0,
-            "predicted": pred_n, "gold": gold_n, "matched": matched, "malformed": malformed}
+            "attribution": counts["right_person"] / counts["matched"] if counts["matched"] else None, **counts}
 
 
 def update_decisions(pipeline, example) -> dict:
@@ -138,8 +152,9 @@ def _append(path: Path, row: dict) -> None:
         os.fsync(f.fileno())
 
 
-def summarize(answers: list[dict], extraction: dict, updates: list[dict]) -> dict:
-    """The report: overall and per-category F1/BLEU-1 (J when judged), extraction F1, update accuracy."""
+def summarize(answers: list[dict], extraction: dict, updates: list[dict], malformed: dict) -> dict:
+    """The report: overall and per-category F1/BLEU-1 (J when judged), extraction F1 and speaker attribution,
+    malformed replies per operation, update accuracy."""
 
     def block(rows: list[dict]) -> dict:
         n = len(rows)
@@ -157,7 +172,9 @@ def summarize(answers: list[dict], extraction: dict, updates: list[dict]) -> dic
                         for c, name in CATEGORIES.items()},
         "n_questions": len(answers),
         "extraction_f1": extraction["f1"],
+        "speaker_attribution": extraction["attribution"],
         "extraction": extraction,
+        "malformed": malformed,
         "update_accuracy": sum(u["correct"] for u in updates) / facts if facts else None,
         "update": {"examples": len(updates), "facts": facts,
                    "event_accuracy": sum(u["event_correct"] for u in updates) / facts if facts else None,
@@ -171,6 +188,7 @@ def evaluate(pipeline, data: Path, conversations: list[str], sessions: str | Non
     from .conversations import exchanges, parse_range
     from .distill.teacher import WINDOW, load_conversations, update_examples as teacher_updates
     from .metrics import bleu1, gold_answer, locomo_f1
+    from .quality import malformed
     from .store import MemoryStore
 
     work.mkdir(parents=True, exist_ok=True)
@@ -179,7 +197,7 @@ def evaluate(pipeline, data: Path, conversations: list[str], sessions: str | Non
     for conv in convs:
         chosen = parse_range(sessions, [s.number for s in conv.sessions])
         plan.append((conv, chosen, exchanges(conv, chosen, WINDOW), questions_in(conv, chosen)))
-    all_answers, all_updates, extraction_rows = [], [], []
+    all_answers, all_updates, extraction_rows, exchange_rows = [], [], [], []
     start = time.time()
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   disable=not progress) as bar:
@@ -190,6 +208,8 @@ def evaluate(pipeline, data: Path, conversations: list[str], sessions: str | Non
                 pipeline.ingest(key, turns)
                 bar.advance(task)
             extraction_rows.append(extraction_scores(pipeline.store, conv, chosen))
+            keys = {k for k, _ in todo}
+            exchange_rows += [r for r in pipeline.store.exchanges() if r["key"] in keys]
             done = _jsonl(work / f"{conv.id}.answers.jsonl")
             task = bar.add_task(f"{conv.id} answer", total=len(questions))
             for q in questions:
@@ -212,12 +232,8 @@ def evaluate(pipeline, data: Path, conversations: list[str], sessions: str | Non
                     _append(work / f"{conv.id}.updates.jsonl", done[i])
                 all_updates.append(done[i])
                 bar.advance(task)
-    keys = ("predicted", "gold", "matched", "malformed")
-    total = {k: sum(r[k] for r in extraction_rows) for k in keys}
-    p = total["matched"] / total["predicted"] if total["predicted"] else 0.0
-    r = total["matched"] / total["gold"] if total["gold"] else 0.0
-    extraction = {"precision": p, "recall": r, "f1": 2 * p * r / (p + r) if p + r else 0.0, **total}
-    report = summarize(all_answers, extraction, all_updates)
+    extraction = _f1({k: sum(r[k] for r in extraction_rows) for k in ("predicted", "gold", "matched", "right_person")})
+    report = summarize(all_answers, extraction, all_updates, malformed(exchange_rows))
     report.update(conversations=conversations, sessions=sessions or "all", seconds=round(time.time() - start, 1))
     return report
 
@@ -229,7 +245,7 @@ def main(
     sessions: Annotated[Optional[str], typer.Option("--sessions", help="sessions to ingest, e.g. 1-3 (questions are limited to them)")] = None,
     work: Annotated[Optional[Path], typer.Option("--work", help="stores and answers for resuming [default: <json>.work/]")] = None,
     update_examples: Annotated[int, typer.Option(min=0, help="teacher update prompts scored per conversation")] = 20,
-    threads: Annotated[Optional[int], typer.Option(min=1, help="CPU threads of torch and of a bundle's runtime")] = None,
+    threads: Threads = None,
     backend: options.BackendName = None,
     bundle: options.Bundle = None,
     model: options.Model = None,
@@ -245,11 +261,12 @@ def main(
     work.mkdir(parents=True, exist_ok=True)
     pipeline = open_pipeline(work / f"{ids[0]}.sqlite", backend, bundle, model, adapters, no_adapters, threads=threads)
     report = evaluate(pipeline, locomo_dir(data), ids, sessions, work, update_examples)
-    report.update(backend=pipeline.backend.name, adapters=not no_adapters and bool(pipeline.backend.adapters))
-    tmp = json_out.with_name(json_out.name + ".tmp")
-    tmp.write_text(json.dumps(report, indent=2))
-    tmp.rename(json_out)
+    write_report(report, pipeline, no_adapters, json_out)
     o = report["overall"]
+    bad = report["malformed"]
+    attribution = report["speaker_attribution"]
     Console().print(f"{report['n_questions']} questions: F1 {o['f1']:.3f}, BLEU-1 {o['bleu1']:.3f}; "
-                    f"extraction F1 {report['extraction_f1']:.3f}; update accuracy {report['update_accuracy']}; "
-                    f"report in {json_out}")
+                    f"extraction F1 {report['extraction_f1']:.3f}, speaker attribution "
+                    f"{'n/a' if attribution is None else f'{attribution:.3f}'}; malformed replies "
+                    f"{bad['extract']['rate']:.1%} extract, {bad['mem_update']['rate']:.1%} update; "
+                    f"update accuracy {report['update_accuracy']}; report in {json_out}")

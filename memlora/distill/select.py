@@ -15,7 +15,7 @@ from memlora.errors import MemloraError
 from memlora.replace import check_replaceable, only_files, replace_dir, staging
 
 from .teacher import Example
-from .train import TARGET_MODULES, TrainConfig, encode, train
+from .train import TARGET_MODULES, Encoded, TrainConfig, encode, train
 
 SELECTION_FILE = "selection.json"
 
@@ -46,6 +46,16 @@ def _sample(items: list, n: int, seed: int) -> list:
     return items if len(items) <= n else random.Random(seed).sample(items, n)
 
 
+def data_mix(examples: list[Example], train_data: list[Encoded], val_data: list[Encoded]) -> dict[str, dict[str, int]]:
+    """Per source: examples available, and those trained and validated on (sampled, within the length limit)."""
+    mix: dict[str, dict[str, int]] = {}
+    for key, items in (("examples", examples), ("train", train_data), ("validation", val_data)):
+        for item in items:
+            row = mix.setdefault(item.source, {"examples": 0, "train": 0, "validation": 0})
+            row[key] += 1
+    return mix
+
+
 def distill(
     op: str,
     examples: list[Example],
@@ -58,7 +68,7 @@ def distill(
     log=print,
 ) -> dict:
     """Train every grid point, keep the checkpoint with the lowest validation loss, write it atomically to
-    `out_dir` with `selection.json` (the choice, all validation scores, data and timing)."""
+    `out_dir` with `selection.json` (the choice, all validation scores, the data mix and timing)."""
     t0 = time.time()
     out_dir = Path(out_dir)
     check_replaceable(out_dir, recognise_adapter, "distilled adapter")  # before any training
@@ -91,8 +101,9 @@ def distill(
             "choice": {**asdict(choice), "target_modules": list(TARGET_MODULES)},
             "best_val_loss": best["val_loss"],
             "train_conversations": sorted({e.group for e in inner_train}),
-            "validation_conversations": sorted(val_groups),
+            "validation_conversations": sorted({e.group for e in inner_val}),
             "train_examples": len(data), "validation_examples": len(val),
+            "data_mix": data_mix(examples, data, val),
             "grid": points,
             "total_seconds": round(time.time() - t0, 1),
         }

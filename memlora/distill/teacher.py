@@ -22,6 +22,7 @@ from memlora.parse import MalformedOutput, parse_answer, parse_facts, parse_upda
 from memlora.prompts import Memory, Turn, answer_messages, extract_messages, update_messages
 
 WINDOW = 4  # turns per exchange, as `memlora ingest` cuts them
+HELD_OUT = ("conv-47", "conv-48")  # LoCoMo's test conversations: never trained or tuned on
 TOP_K, ANSWER_K = 5, 10  # retrieval sizes of MemoryPipeline
 QA_CATEGORIES = (1, 2, 3, 4)
 LOCOMO_ENV = "MEMLORA_LOCOMO"
@@ -44,6 +45,7 @@ class Example:
     target: str
     group: str  # the conversation it comes from; splits never cut a conversation
     n_shown: int = 0  # memories shown with temporary ids (mem_update), so a reply can be parsed
+    source: str = "teacher"  # where it comes from (locomo, synthetic, a teacher file): the data mix
 
 
 def locomo_dir(data: Path | None) -> Path:
@@ -67,25 +69,34 @@ def load_conversations(data: Path, ids: list[str]) -> list[Conversation]:
     return convs
 
 
-def observation_facts(conv: Conversation) -> dict[str, list[str]]:
-    """dia_id -> the observation facts annotated as coming from that turn, in annotation order."""
-    by_turn: dict[str, list[str]] = {}
+def observation_facts(conv: Conversation) -> dict[str, list[tuple[str, str]]]:
+    """dia_id -> (fact, the person it is annotated under) for the observations coming from that turn, in
+    annotation order."""
+    by_turn: dict[str, list[tuple[str, str]]] = {}
     for s in conv.sessions:
-        for facts in s.observations.values():
+        for person, facts in s.observations.items():
             for fact, source in facts:
                 for dia in _DIA_ID.findall(str(source)):
-                    by_turn.setdefault(dia, []).append(fact.strip())
+                    by_turn.setdefault(dia, []).append((fact.strip(), person))
     return by_turn
+
+
+def window_observations(conv: Conversation) -> list[tuple[list[Turn], list[tuple[str, str]]]]:
+    """Each exchange window with the observations (fact, person) of its turns, a fact once."""
+    by_turn = observation_facts(conv)
+    out = []
+    for _, turns in exchanges(conv, [s.number for s in conv.sessions], WINDOW):
+        seen: dict[str, str] = {}
+        for t in turns:
+            for fact, person in by_turn.get(t.turn_id, []):
+                seen.setdefault(fact, person)
+        out.append((turns, list(seen.items())))
+    return out
 
 
 def window_facts(conv: Conversation) -> list[tuple[list[Turn], list[str]]]:
     """Each exchange window with the observation facts of its turns: the extraction target."""
-    by_turn = observation_facts(conv)
-    out = []
-    for _, turns in exchanges(conv, [s.number for s in conv.sessions], WINDOW):
-        facts = [f for t in turns for f in by_turn.get(t.turn_id, [])]
-        out.append((turns, list(dict.fromkeys(facts))))
-    return out
+    return [(turns, [fact for fact, _ in obs]) for turns, obs in window_observations(conv)]
 
 
 def facts_json(facts: list[str]) -> str:
@@ -125,22 +136,26 @@ def decide(fact: str, fact_vec: np.ndarray, shown: list[Memory], shown_vecs: np.
     return {"event": "ADD", "text": fact}
 
 
-class _SimStore:
-    """The store the update teacher keeps while replaying observations (same retrieval as MemoryStore)."""
+class SimStore:
+    """The store a teacher keeps while replaying a conversation: what the pipeline's MemoryStore would hold,
+    retrieved the same way (cosine, ties in insertion order; the union of each fact's top-k, best first)."""
 
     def __init__(self, dim: int):
         self.mems: list[Memory] = []
         self.vecs = np.zeros((0, dim), np.float32)
         self.next = 0
 
+    def search(self, vec: np.ndarray, k: int) -> list[tuple[int, float]]:
+        """The `k` most similar memories (index, cosine), as MemoryStore.search orders them."""
+        scores = self.vecs @ vec
+        return [(int(i), float(scores[i])) for i in np.argsort(-scores, kind="stable")[:k]]
+
     def related(self, fact_vecs: np.ndarray) -> list[int]:
+        """What the update prompt shows for these facts: the union of each one's top-5, best first."""
         best: dict[int, float] = {}
-        if not self.mems:
-            return []
         for v in fact_vecs:
-            scores = self.vecs @ v
-            for i in np.argsort(-scores, kind="stable")[:TOP_K]:
-                best[int(i)] = max(best.get(int(i), -2.0), float(scores[i]))
+            for i, score in self.search(v, TOP_K):
+                best[i] = max(best.get(i, -2.0), score)
         return sorted(best, key=lambda i: -best[i])
 
     def apply(self, events: list[dict], shown: list[int], fact_vecs: np.ndarray, facts: list[str], date: str) -> None:
@@ -163,7 +178,7 @@ class _SimStore:
 
 def update_examples(conv: Conversation, embedder) -> list[Example]:
     """Replay the conversation's windows in order; every window with facts is one update example."""
-    store = _SimStore(embedder.dim)
+    store = SimStore(embedder.dim)
     windows = [(turns, facts) for turns, facts in window_facts(conv) if facts]
     all_facts = [f for _, facts in windows for f in facts]
     all_vecs = embedder.embed(all_facts) if all_facts else np.zeros((0, embedder.dim), np.float32)

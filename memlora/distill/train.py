@@ -28,6 +28,7 @@ IGNORE = -100
 class Encoded:
     ids: list[int]
     labels: list[int]
+    source: str = "teacher"  # the example's source (the data mix selection.json records)
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,7 @@ def encode(tokenizer, examples: list[Example], max_len: int) -> list[Encoded]:
         prompt = render(tokenizer, e.messages)
         reply = tokenizer.encode(e.target, add_special_tokens=False) + [eot]
         if len(prompt) + len(reply) <= max_len:
-            out.append(Encoded(prompt + reply, [IGNORE] * len(prompt) + reply))
+            out.append(Encoded(prompt + reply, [IGNORE] * len(prompt) + reply, e.source))
     return out
 
 
