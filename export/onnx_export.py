@@ -10,18 +10,23 @@ residual add and the RMSNorm after it run as one ``SkipSimplifiedLayerNormalizat
 q/k/v and gate/up run as one matmul each (``Decoder.fuse_projections``, LoRA B per output chunk):
 onnxruntime pays a fixed cost per kernel, which dominates a small model's decode step.
 
-Graph interface (``max_context`` = C, per layer i)::
+Graph interface (``max_context`` = C, per layer i) -- onnxruntime-genai's calling convention
+(`memlora.export.genai_config`), so ``og.Model`` runs the bundle's ``onnx/`` folder as it is::
 
-    inputs   input_ids [1, T] int64, logits_index [N] int64,
-             seqlens_k [1] int32 (= start + T - 1), total_sequence_length [] int32 (= start + T),
+    inputs   input_ids [1, T] int64, attention_mask [1, S] int64 (ones over positions 0 .. S-1, S = start + T;
+             GroupQueryAttention's ``seqlens_k`` = S - 1 and ``total_sequence_length`` = S are computed from it,
+             as onnxruntime-genai's own model builder does),
              past_key_values.{i}.key / .value [1, kv_heads, C, head_dim] float32,
+             logits_start [] int64, default 0: logits for positions logits_start .. T-1 (our backend asks for
+             the last one alone; onnxruntime-genai feeds nothing and gets every position, as it expects),
              lora inputs ``lora.<module>.a`` [in, members * r] / ``.b`` [r, out], or [chunks, r, width] for a
-             fused projection (separable only, no stored default: zeros run the base model)
-    outputs  logits [1, N, vocab] (the positions in logits_index), present.{i}.key / .value (same buffer)
+             fused projection (separable only), default zeros (the base model) stored as an empty sparse
+             tensor, so onnxruntime-genai runs the graph with no adapter active and the file stays small
+    outputs  logits [1, T - logits_start, vocab], present.{i}.key / .value (same buffer as past)
 
-Modes: *separable* -- one base graph whose LoRA A/B are plain inputs, plus one
-``<adapter>.onnx_adapter`` per adapter for onnxruntime's LoRA API (the base runs with zeros bound; storing
-zero defaults would add one adapter's size to the base graph); *merged* -- one self-contained graph
+Modes: *separable* -- one base graph whose LoRA A/B are inputs (with the empty sparse zero defaults above:
+dense zeros would add one adapter's size to the base graph), plus one ``<adapter>.onnx_adapter`` per
+adapter for onnxruntime's LoRA API and onnxruntime-genai's ``og.Adapters``; *merged* -- one self-contained graph
 per adapter (``base.onnx`` plus ``<adapter>.onnx``) with the adapter baked in as constants. The adapter
 stays a float low-rank branch there too (not folded into W) so that quantization touches base weights
 only, in every precision, and one traced graph serves every adapter.
@@ -41,13 +46,16 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
 from memlora.errors import MemloraError
 from memlora.recipe import QuantRecipe
 
+from . import genai_config
 from .decoder import Decoder, grouped_attention, rotate
+from .genai_config import ATTENTION_MASK, INPUT_IDS, LOGITS, GenaiModel, cache_names
 from .lora import Adapter, slot_arrays, unify_slots
 from .target import Exporter, Stage, TargetRequest
 
@@ -55,6 +63,7 @@ TARGET = "onnx"
 QUANTS = ("fp32", "int8", "int4")
 QUANT_BITS = {"int8": 8, "int4": 4}
 OPSET = 23  # RMSNormalization is one op from opset 23
+LOGITS_START = "logits_start"
 
 
 @torch.library.custom_op("memlora::gqa", mutates_args=())
@@ -135,10 +144,12 @@ class OnnxStep(nn.Module):
         super().__init__()
         self.decoder = decoder
 
-    def forward(self, input_ids, logits_index, seqlens_k, total_len, past: list[torch.Tensor]):
+    def forward(self, input_ids, attention_mask, logits_start, past: list[torch.Tensor]):
         dec, c = self.decoder, self.decoder.config
         half = c.head_dim // 2
         cos_half, sin_half = dec.rope_cos[:, :half], dec.rope_sin[:, :half]
+        seqlens_k = (attention_mask.sum(1) - 1).to(torch.int32)
+        total_len = torch.full((), attention_mask.shape[1], dtype=torch.int32)
         present: list[torch.Tensor] = []
 
         def attend(i: int, qkv):
@@ -149,12 +160,10 @@ class OnnxStep(nn.Module):
 
         # packed q|k|v and RoPE inside GroupQueryAttention: no split, reshape or rotation ops per layer
         x, _ = dec.run_layers(dec.embed(input_ids), None, None, attend, packed=True)
-        return (dec.head(x.index_select(1, logits_index)), *present)
-
-
-def cache_names(num_layers: int) -> tuple[list[str], list[str]]:
-    past = [f"past_key_values.{i}.{kv}" for i in range(num_layers) for kv in ("key", "value")]
-    return past, [p.replace("past_key_values", "present") for p in past]
+        first = logits_start.item()
+        torch._check(first >= 0)
+        torch._check(first < x.shape[1])
+        return (dec.head(x[:, first:]), *present)
 
 
 def lora_input_name(module: str, ab: str) -> str:
@@ -166,20 +175,20 @@ def export_graph(decoder: Decoder):
     """Trace `decoder` to an ONNX ModelProto; its LoRA slots become named graph inputs."""
     import onnx_ir as ir
     import onnxscript
+    from onnx import numpy_helper
 
     c = decoder.config
     past_names, present_names = cache_names(c.num_layers)
     t = torch.export.Dim("T", min=1, max=c.max_context)
-    n = torch.export.Dim("N", min=1, max=c.max_context)
+    s = torch.export.Dim("S", min=1, max=c.max_context)
     cache = torch.zeros(1, c.num_kv_heads, c.max_context, c.head_dim)
     args = (
         torch.zeros(1, 3, dtype=torch.int64),
-        torch.tensor([2]),
-        torch.tensor([2], dtype=torch.int32),
-        torch.tensor(3, dtype=torch.int32),
+        torch.ones(1, 5, dtype=torch.int64),
+        torch.tensor(2),
         [cache.clone() for _ in past_names],
     )
-    shapes = ({1: t}, {0: n}, None, None, [None for _ in past_names])
+    shapes = ({1: t}, {1: s}, None, [None for _ in past_names])
     program = torch.onnx.export(
         OnnxStep(decoder).eval(),
         args,
@@ -187,9 +196,8 @@ def export_graph(decoder: Decoder):
         optimize=False,  # the optimizer would fold LoRA slots into anonymous constants before we name them
         verbose=False,
         dynamic_shapes=shapes,
-        input_names=["input_ids", "logits_index", "seqlens_k", "total_sequence_length",
-                     *past_names],
-        output_names=["logits", *present_names],
+        input_names=[INPUT_IDS, ATTENTION_MASK, LOGITS_START, *past_names],
+        output_names=[LOGITS, *present_names],
         custom_translation_table={torch.ops.memlora.gqa.default: _gqa_onnx},
         opset_version=OPSET,
     )
@@ -200,6 +208,7 @@ def export_graph(decoder: Decoder):
     onnxscript.optimizer.optimize(model, input_size_limit=1 << 40, output_size_limit=1 << 40)
     proto = ir.to_proto(model)
     fuse_skip_norms(proto.graph)
+    proto.graph.initializer.append(numpy_helper.from_array(np.array(0, np.int64), LOGITS_START))  # its default
     return proto
 
 
@@ -265,6 +274,22 @@ def quantize(model, quant: str, block_size: int):
     return quantizer.model.model
 
 
+def zero_lora_defaults(model) -> None:
+    """Store a default for every LoRA input of `model`: zeros, the base model, as empty sparse tensors.
+
+    onnxruntime-genai feeds the LoRA inputs only while an adapter is active, so without a default its
+    generation with no adapter finds inputs missing. An empty sparse tensor costs a few bytes where dense
+    zeros would add one adapter's size to the base graph; onnxruntime expands it at load."""
+    from onnx import helper, numpy_helper
+
+    for value in model.graph.input:
+        if value.name.startswith("lora."):
+            shape = [d.dim_value for d in value.type.tensor_type.shape.dim]
+            model.graph.sparse_initializer.append(helper.make_sparse_tensor(
+                numpy_helper.from_array(np.zeros(0, np.float32), value.name),
+                numpy_helper.from_array(np.zeros(0, np.int64), f"{value.name}.indices"), shape))
+
+
 def with_lora(model, decoder: Decoder, adapter: Adapter):
     """A copy of `model` whose LoRA slot inputs are constants holding `adapter`."""
     import onnx
@@ -309,6 +334,22 @@ def write_adapter(decoder: Decoder, adapter: Adapter, path: Path) -> Path:
     return path
 
 
+def write_genai_config(req: TargetRequest, decoder: Decoder, out_dir: Path) -> Path:
+    """``genai_config.json`` for the base graph, the tokenizer read from the bundle's own tokenizer folder;
+    eos ids as the manifest lists them, the tokenizer's pad id (else the first eos id)."""
+    from memlora.session import load_tokenizer
+
+    from .bundle import TOKENIZER_DIR, eos_ids
+
+    c = decoder.config
+    tokenizer = load_tokenizer(req.model_dir)
+    eos = eos_ids(c, tokenizer)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
+    return GenaiModel(c.architecture, "base.onnx", f"../{TOKENIZER_DIR}", c.vocab_size, c.hidden_size,
+                      c.num_layers, c.num_heads, c.num_kv_heads, c.head_dim, c.max_context, c.bos_token_id,
+                      tuple(eos), pad).write(out_dir)
+
+
 def recipe(req: TargetRequest) -> QuantRecipe:
     """fp32 MatMul, or MatMulNBits on every base MatMul and the output head (int8 also in blocks: see above)."""
     if req.quant == "fp32":
@@ -345,7 +386,9 @@ def export_target(req: TargetRequest, bundle_dir: Path, stage: Stage = lambda s:
 
     slotted = load(unify_slots(req.adapters.values()))
     if req.mode == "separable":
-        emit(build(slotted, "base"), "base")
+        base = build(slotted, "base")
+        zero_lora_defaults(base)
+        emit(base, "base")
         for name, adapter in req.adapters.items():
             stage(f"onnx: adapter {name}")
             files.append(write_adapter(slotted, adapter, out_dir / f"{name}.onnx_adapter"))
@@ -358,10 +401,12 @@ def export_target(req: TargetRequest, bundle_dir: Path, stage: Stage = lambda s:
         for name, adapter in req.adapters.items():
             stage(f"onnx: graph for {name}")
             emit(with_lora(template, slotted, adapter), name)
+    files.append(write_genai_config(req, slotted, out_dir))
     return {
         "max_context": req.max_context,
         "graphs": graphs,
         "adapter_files": adapter_files,
+        "genai_config": f"{TARGET}/{genai_config.FILE}",
         "files": sorted(f.relative_to(bundle_dir).as_posix() for f in files),
     }
 

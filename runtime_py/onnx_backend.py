@@ -73,8 +73,9 @@ class OnnxBackend(CheckedBackend):
         self.vocab = int(first.get_outputs()[0].shape[-1])
         self._cache = [ort_zeros(shape) for _ in self._past]
         self._step_logits = ort_zeros((1, 1, self.vocab))
+        self._mask = np.ones((1, self.max_context), np.int64)  # a call binds its first start + T columns
         # one IO binding per adapter, all over the same cache buffers: switching adapters rebinds nothing.
-        # A separable base graph's LoRA inputs have no stored value: the base runs with zeros bound.
+        # A separable base graph's LoRA inputs default to zeros: the base binds none (`zero_lora`).
         self._runs = {key: (sess, self._bind(sess, zero_lora(sess))) for key, sess in sessions.items()}
         for adapter, path in (adapter_files or {}).items():
             if None not in sessions:
@@ -98,17 +99,19 @@ class OnnxBackend(CheckedBackend):
         return binding
 
     def _run(self, tokens: list[int], start: int, adapter: str | None, all_logits: bool) -> np.ndarray:
-        """Positions >= start are overwritten in place and later ones masked out (``seqlens_k``)."""
+        """Positions >= start are overwritten in place and later ones masked out (the attention mask covers
+        positions 0 .. start + T - 1)."""
         n = len(tokens)
         session, binding = self._runs[adapter]
         binding.bind_cpu_input("input_ids", np.asarray([tokens], np.int64))
-        index = np.arange(n, dtype=np.int64) if all_logits else np.array([n - 1], np.int64)
-        binding.bind_cpu_input("logits_index", index)
-        binding.bind_cpu_input("seqlens_k", np.array([start + n - 1], np.int32))
-        binding.bind_cpu_input("total_sequence_length", np.array(start + n, np.int32))
+        binding.bind_cpu_input("attention_mask", self._mask[:, : start + n])
+        rows = n if all_logits else 1
+        # an input with a stored default binds as an OrtValue only (bind_cpu_input looks among required inputs)
+        first = self._ort.OrtValue.ortvalue_from_numpy(np.array(n - rows, np.int64))
+        binding.bind_ortvalue_input("logits_start", first)
         logits = self._step_logits  # reused by every decode step; other sizes get a fresh buffer
-        if len(index) != 1:
-            logits = self._ort.OrtValue.ortvalue_from_shape_and_type((1, len(index), self.vocab), np.float32)
+        if rows != 1:
+            logits = self._ort.OrtValue.ortvalue_from_shape_and_type((1, rows, self.vocab), np.float32)
         binding.bind_ortvalue_output("logits", logits)
         session.run_with_iobinding(binding)
         return logits.numpy()[0].copy()  # the step buffer is reused by the next call
@@ -121,9 +124,9 @@ def end_profiling(backend: OnnxBackend) -> list[Path]:
 
 
 def zero_lora(session) -> dict:
-    """Zero OrtValues for a graph's LoRA inputs (none in a merged graph): the adapter-free base model.
-    Graphs that store zero defaults (ONNX bundles written by memlora 0.1) list them as overridable
-    initializers instead, which need nothing bound."""
+    """Zero OrtValues for a graph's LoRA inputs that have no stored default (none in a merged graph): the
+    adapter-free base model. Graphs that store zero defaults (ours, and ONNX bundles written by memlora
+    0.1) list them as overridable initializers instead, which need nothing bound."""
     return {i.name: ort_zeros(i.shape) for i in session.get_inputs() if i.name.startswith("lora.")}
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -105,7 +106,7 @@ def test_quantization_touches_base_weights_only(exported, quant):
 def test_graph_has_no_split_reshape_or_separate_residual_add_per_layer(exported):
     """Every kernel counts in a small model's decode step: q|k|v reaches GroupQueryAttention packed, and each
     residual add is fused into the RMSNorm after it (2 layers: 3 such norms; the first layer's norm follows
-    the embedding, the final one the logits positions' gather)."""
+    the embedding, the final one the slice of the logits positions)."""
     root, entry = exported["separable", "fp32"]
     graph = onnx.load(str(root / entry["graphs"]["base"]), load_external_data=False).graph
     ops = [n.op_type for n in graph.node]
@@ -156,6 +157,25 @@ def test_graph_with_stored_zero_lora_defaults_still_loads(exported, tmp_path):
     new = open_backend(exported, "separable", "fp32")
     for name in (None, "extract"):
         assert np.abs(old.forward(PROMPT, 0, name) - new.forward(PROMPT, 0, name)).max() <= 1e-5, name
+
+
+@pytest.mark.parametrize("quant", onnx_export.QUANTS)
+@pytest.mark.parametrize("mode", MODES)
+def test_onnxruntime_genai_runs_every_mode_and_quant(exported, tiny_model, mode, quant):
+    """onnxruntime-genai's own loop on the exported folder (a merged adapter's graph through a config overlay,
+    a separable one's `.onnx_adapter` through `og.Adapters`) gives our backend's greedy tokens."""
+    from tests.test_onnx_genai import genai_adapters, genai_eos, genai_greedy, genai_model, our_greedy
+
+    root, entry = exported[mode, quant]
+    backend, tok = open_backend(exported, mode, quant), AutoTokenizer.from_pretrained(tiny_model)
+    folder = root / Path(entry["genai_config"]).parent
+    base, eos = genai_model(folder), genai_eos(folder)
+    adapters = genai_adapters(base, folder, entry["adapter_files"])
+    for name in (None, *backend.adapters):
+        model, active = (base, name) if mode == "separable" or name is None else \
+            (genai_model(folder, Path(entry["graphs"][name]).name), None)
+        want = our_greedy(backend, tok, PROMPT, 12, eos, name)
+        assert genai_greedy(model, PROMPT, 12, eos, adapters, active) == want, name
 
 
 @pytest.mark.parametrize("quant", onnx_export.QUANTS)

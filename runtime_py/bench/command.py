@@ -18,7 +18,7 @@ import typer
 from memlora.errors import MemloraError
 from memlora.options import Adapters, Model
 
-from . import bandwidth, embedder, peers, summary
+from . import bandwidth, embedder, genai, peers, summary
 from .measure import BENCH_ADAPTER, BenchConfig, Job, measure_in_subprocess
 
 
@@ -117,9 +117,14 @@ def run_bench(
                     Job(backend="torch", model=str(model_dir), adapters_dir=str(adapters_dir), adapter=BENCH_ADAPTER,
                         dtype=dtype, extra_runs=[None] if dtype == "float32" else [], **settings))
             for dtype in ("float32", "bfloat16")}
+    arts = our_artifacts(bundle_dirs(bundles), targets)
     our_jobs = [(f"ours {i}: {a['target']} {a['mode']} {a['precision']} ({a['bundle']})", a,
                  Job(backend=a["target"], bundle=a["bundle"], adapter=BENCH_ADAPTER, **settings))
-                for i, a in enumerate(our_artifacts(bundle_dirs(bundles), targets))]
+                for i, a in enumerate(arts)]
+    # the same ONNX bundles through onnxruntime-genai's own API and loop
+    genai_jobs = [(f"{genai.RUNNER} {i}: onnx {a['mode']} {a['precision']} ({a['bundle']})", a,
+                   Job(backend=genai.RUNNER, bundle=a["bundle"], adapter=BENCH_ADAPTER, **settings))
+                  for i, a in enumerate(arts) if a["target"] == "onnx"]
     peer_settings = {"prompt": prompt, "decode_tokens": config.decode_tokens, "warmup": config.warmup,
                      "repeats": config.repeats, "threads": config.threads}
     peer_arts, peer_rows = [], []
@@ -133,7 +138,7 @@ def run_bench(
     theirs = [(f"peer {i}: {a.peer} {a.precision}", a) for i, a in enumerate(peer_arts)]
     jobs: list[tuple[str, Callable[[], dict]]] = [
         *((label, lambda job=job: measure_in_subprocess(job)) for label, job in refs.values()),
-        *((label, lambda job=job: measure_in_subprocess(job)) for label, _, job in our_jobs),
+        *((label, lambda job=job: measure_in_subprocess(job)) for label, _, job in our_jobs + genai_jobs),
         *((label, lambda art=art: peers.measure_peer(art, peer_settings)) for label, art in theirs)]
 
     runs: dict[str, list[dict]] = {label: [] for label, _ in jobs}
@@ -159,6 +164,7 @@ def run_bench(
 
     reference = {dtype: summary.merge_rounds(runs[label]) for dtype, (label, _) in refs.items()}
     ours = [row(label, art) for label, art, _ in our_jobs]
+    through_genai = [row(label, art) for label, art, _ in genai_jobs]
     peer_rows += [row(label, {"name": a.peer, "precision": a.precision}) for label, a in theirs]
 
     info["load_average_end"] = list(os.getloadavg())
@@ -166,7 +172,7 @@ def run_bench(
     info["bandwidth_gbs_start_end"] = [bw, bandwidth.read_bandwidth_gbs(config.threads)]
     bw = max(info["bandwidth_gbs_start_end"])
     result = summary.assemble(info, bw, config, prompt, bandwidth.model_config(model_dir), reference, ours,
-                              peer_rows)
+                              peer_rows, through_genai)
     result["embedders"] = embedder.embedder_rows(bundle_dirs(bundles), config.threads, config.repeats, log)
     return result
 

@@ -21,6 +21,8 @@ from pathlib import Path
 
 from memlora.generate import GenerationConfig, generate
 
+from . import genai
+
 # the peers' drivers summarize timings and read peak RSS with these too: one definition for every row
 from .peer_scripts.peer_common import peak_rss_mb, spread
 
@@ -142,7 +144,8 @@ def adapter_rss(backend, adapter: str | None, token: int) -> dict:
 
 @dataclass
 class Job:
-    """One row to measure in a subprocess: a backend (``torch`` or a bundle target) and its settings."""
+    """One row to measure in a subprocess: a backend (``torch``, a bundle target, or `genai.RUNNER` on a
+    bundle's ONNX target) and its settings."""
 
     backend: str
     prompt: list[int]
@@ -175,10 +178,13 @@ def open_job_backend(job: Job):
 
 
 def run_job(job: Job) -> dict:
-    """Measure a job; `extra_runs` are adapters (None = base) whose greedy tokens are also recorded."""
+    """Measure a job; `extra_runs` are adapters (None = base) whose greedy tokens are also recorded (ours)."""
     from tokenizers import Tokenizer
 
     config = BenchConfig(**job.config)
+    if job.backend == genai.RUNNER:
+        return genai.measure(Path(job.bundle), job.adapter, job.prompt, config.threads, config.warmup,
+                             config.repeats, config.decode_tokens)
     t0 = time.perf_counter()
     backend = open_job_backend(job)
     load_s = time.perf_counter() - t0

@@ -59,6 +59,8 @@ def rows(result: dict) -> list[dict]:
     out = [{"who": "eager PyTorch (reference)", "what": "fp32", **ref},
            {"who": "eager PyTorch (reference)", "what": "bf16", **ref["bf16"]}]
     out += [{"who": f"memlora {r['target']} {r['mode']}", "what": r["precision"], **r} for r in result["results"]]
+    out += [{"who": f"onnxruntime-genai (its loop) on memlora onnx {r['mode']}", "what": r["precision"], **r}
+            for r in result.get("genai", [])]
     out += [{"who": p["name"], "what": p.get("precision", ""), **p} for p in result["peers"]]
     return out
 
@@ -116,8 +118,10 @@ def write_markdown(result: dict, path: Path, plot: Path | None) -> None:
         f"{s['threads']} threads; every row in each of {s.get('rounds', 1)} rounds over all rows (alternate rounds in "
         f"reverse order, so drift of the machine during the run favours no row), one warm-up then {s['repeats']} "
         "repeats per round: the median of the rounds' medians, with the min–max spread over every run. "
-        f"Ours decode through `memlora.generate` with the `{s['adapter']}` adapter active; peers run the base model "
-        "in their own virtual environments with their own loops.",
+        f"Ours decode through `memlora.generate` with the `{s['adapter']}` adapter active; 'onnxruntime-genai (its "
+        "loop)' rows run the same ONNX bundles through onnxruntime-genai's own API and generation loop with the same "
+        "adapter (`og.Adapters`), asked for exactly the same token count (`min_length`, so eos is never picked); "
+        "peers run the base model in their own virtual environments with their own loops.",
         "",
         f"Machine: {m['cpu']}, {m['cores']} cores ({', '.join(m['cpu_flags'])}), {m['memory_gib']} GiB, {m['os']}, "
         f"host `{m['hostname']}`. Load average at start {', '.join(f'{x:.1f}' for x in m['load_average_start'])}, "
@@ -163,8 +167,8 @@ def write_plot(result: dict, path: Path) -> None:
     for ax, key, title in ((axes[0], "decode_tok_s", "decode tokens/s"), (axes[1], "prefill_tok_s", "prefill tokens/s")):
         values = [r[key] for r in ok]
         err = [[v - r[f"{key}_range"][0] for v, r in zip(values, ok)], [r[f"{key}_range"][1] - v for v, r in zip(values, ok)]]
-        colors = ["tab:blue" if r["who"].startswith("memlora") else "tab:gray" if "eager" in r["who"] else "tab:orange"
-                  for r in ok]
+        colors = ["tab:blue" if r["who"].startswith("memlora") else "tab:gray" if "eager" in r["who"] else
+                  "tab:green" if r["who"].startswith("onnxruntime-genai") else "tab:orange" for r in ok]
         ax.barh(range(len(ok)), values, xerr=err, color=colors)
         if key == "decode_tok_s":
             roof = [r.get("roofline_tok_s") for r in ok]

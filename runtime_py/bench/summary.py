@@ -111,7 +111,10 @@ def peer_bytes(row: dict, kv_bytes: float) -> tuple[float, str]:
 
 
 def assemble(machine: dict, bw: float, config: BenchConfig, prompt: list[int], model_cfg: dict,
-             reference: dict, ours: list[dict], peer_rows: list[dict]) -> dict:
+             reference: dict, ours: list[dict], peer_rows: list[dict], through_genai: list[dict] = ()) -> dict:
+    """The report. `through_genai`: our ONNX bundles measured through onnxruntime-genai's own loop (rows like
+    ours, under ``genai``, each with ``vs_ours``: its speeds over our backend's on the same bundle); the goals
+    judge our own backends only."""
     kv = bandwidth.kv_bytes_per_token(model_cfg, len(prompt) + config.decode_tokens / 2)
     ref32, ref16 = flatten(reference["float32"]), flatten(reference["bfloat16"])
     ref_tokens, base_tokens = reference["float32"]["tokens"], reference["float32"]["extra_tokens"]["None"]
@@ -124,18 +127,28 @@ def assemble(machine: dict, bw: float, config: BenchConfig, prompt: list[int], m
         row["roofline_frac"] = row["decode_tok_s"] / row["roofline_tok_s"]
         return row
 
-    results = []
-    for art in ours:
+    def bundle_row(art: dict) -> dict:
         base = {k: art[k] for k in ("target", "mode", "precision", "bundle", "size_mb")}
         if "error" in art:
-            results.append({**base, "error": art["error"]})
-            continue
+            return {**base, "error": art["error"]}
         row = {**base, **flatten(art), "size_mb": art["size_mb"], "adapter": BENCH_ADAPTER}
         with_roofline(row, *bytes_per_token(art, BENCH_ADAPTER, kv, model_cfg))
         row["agreement"] = agreement(art["tokens"], ref_tokens, "eager fp32, same adapter")
         row["vs_reference"] = ratios(row, ref32)
         row["vs_reference_bf16"] = ratios(row, ref16)
-        results.append(row)
+        return row
+
+    results = [bundle_row(art) for art in ours]
+    genai_out = []
+    for art in through_genai:
+        row = bundle_row(art)
+        own = [(a, r) for a, r in zip(ours, results) if a["bundle"] == art["bundle"] and a["target"] == "onnx"]
+        if "error" not in row and own and "error" not in own[0][1]:
+            (own_art, own_row), = own
+            row["vs_ours"] = {"decode": row["decode_tok_s"] / own_row["decode_tok_s"],
+                              "prefill": row["prefill_tok_s"] / own_row["prefill_tok_s"],
+                              **agreement(art["tokens"], own_art["tokens"], "our backend, same bundle")}
+        genai_out.append(row)
 
     peer_out = []
     for p in peer_rows:
@@ -162,6 +175,7 @@ def assemble(machine: dict, bw: float, config: BenchConfig, prompt: list[int], m
         "settings": {**config.__dict__, "prompt_ids_sha": _ids_digest(prompt), "adapter": BENCH_ADAPTER},
         "reference": {**ref32, "precision": "fp32", "bf16": ref16},
         "results": results,
+        "genai": genai_out,
         "peers": peer_out,
         "goals": goals(results, peer_out),
     }

@@ -82,9 +82,7 @@ class OnnxHiddenProbe:
     def __call__(self, tokens: list[int], adapter: str | None) -> list[np.ndarray]:
         session = self.sessions.get(adapter, self.sessions[None])
         n = len(tokens)
-        known = {"input_ids": np.asarray([tokens], np.int64), "position_ids": np.arange(n, dtype=np.int64)[None],
-                 "logits_index": np.array([n - 1], np.int64), "seqlens_k": np.array([n - 1], np.int32),
-                 "total_sequence_length": np.array(n, np.int32)}
+        known = {"input_ids": np.asarray([tokens], np.int64), "attention_mask": np.ones((1, n), np.int64)}
         feeds = {}
         for i in session.get_inputs():
             if i.name in known:
