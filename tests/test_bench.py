@@ -23,7 +23,7 @@ def onnx_bundle(tiny_model, tiny_adapters, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("bench") / "bundle"
     return export_bundle(tiny_model, tiny_adapters, ["onnx"], "separable", "fp32", 32, out, max_context=256,
-                         golden_tokens=4)
+                         golden_tokens=8)
 
 
 @pytest.fixture(scope="module")

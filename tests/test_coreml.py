@@ -222,7 +222,7 @@ def test_export_verb_writes_a_coreml_bundle(tiny_model, tiny_adapters, tmp_path)
     from memlora.runtime.coreml_backend import from_bundle
 
     out = export_bundle(tiny_model, tiny_adapters, ["coreml"], "separable", "int4", 32, tmp_path / "bundle",
-                        max_context=CONTEXT, golden_tokens=4)
+                        max_context=CONTEXT, golden_tokens=8)
     backend = from_bundle(out)
     assert backend.adapters == ("extract", "mem_update", "answer")
     logits = backend.forward(PROMPT, 0, "extract")
