@@ -20,7 +20,7 @@ from memlora.distill.synthetic_teacher import extract_examples, replay, validati
 from memlora.distill.teacher import WINDOW
 from memlora.errors import MemloraError
 from memlora.parse import parse_facts, parse_update
-from memlora.prompts import answer_messages, extract_messages, update_messages
+from memlora.prompts import MAX_SHOWN, answer_messages, extract_messages, update_messages
 from memlora.quality import contains
 from memlora.store import Change, MemoryStore
 from memlora.truth import DEMO_CONVERSATION, HELDOUT, load_truth, truth_path
@@ -118,7 +118,7 @@ def test_update_and_answer_labels_against_a_real_store(embedder, tmp_path):
                 for v in vecs:  # what MemoryPipeline shows: the union of each fact's top-5, best first
                     for m in store.search(v, 5):
                         best[m.id] = m if m.id not in best or m.score > best[m.id].score else best[m.id]
-                shown = sorted(best.values(), key=lambda m: -m.score)
+                shown = sorted(best.values(), key=lambda m: -m.score)[:MAX_SHOWN]
                 ex = next(updates)
                 assert ex.messages == update_messages([f.text for f in facts], shown)
                 events = parse_update(ex.target, {str(i) for i in range(ex.n_shown)})

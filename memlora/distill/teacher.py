@@ -19,7 +19,7 @@ from memlora import OPERATIONS
 from memlora.conversations import Conversation, exchanges, load_locomo
 from memlora.errors import MemloraError
 from memlora.parse import MalformedOutput, parse_answer, parse_facts, parse_update
-from memlora.prompts import Memory, Turn, answer_messages, extract_messages, update_messages
+from memlora.prompts import MAX_SHOWN, Memory, Turn, answer_messages, extract_messages, update_messages
 
 WINDOW = 4  # turns per exchange, as `memlora ingest` cuts them
 HELD_OUT = ("conv-47", "conv-48")  # LoCoMo's test conversations: never trained or tuned on
@@ -151,12 +151,13 @@ class SimStore:
         return [(int(i), float(scores[i])) for i in np.argsort(-scores, kind="stable")[:k]]
 
     def related(self, fact_vecs: np.ndarray) -> list[int]:
-        """What the update prompt shows for these facts: the union of each one's top-5, best first."""
+        """What the update prompt shows for these facts: the union of each one's top-5, best first, at most
+        MAX_SHOWN."""
         best: dict[int, float] = {}
         for v in fact_vecs:
             for i, score in self.search(v, TOP_K):
                 best[i] = max(best.get(i, -2.0), score)
-        return sorted(best, key=lambda i: -best[i])
+        return sorted(best, key=lambda i: -best[i])[:MAX_SHOWN]
 
     def apply(self, events: list[dict], shown: list[int], fact_vecs: np.ndarray, facts: list[str], date: str) -> None:
         gone: set[int] = set()
