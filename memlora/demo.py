@@ -34,6 +34,7 @@ def main(
     from memlora.runtime.registry import open_pipeline
 
     from .conversations import load_conversation
+    from .embed import package_model_dir
     from .errors import MemloraError
     from .ingest import ingest, plan, warn_skipped
     from .paths import default_model_dir
@@ -63,7 +64,7 @@ def main(
     console.print(f"exporting {target} ({mode}, {quant}) to {bundle}")
     targets = [t.strip() for t in target.split(",")]
     export_bundle(default_model_dir(), adapters, targets, mode, quant, 32, bundle,
-                  stage=lambda s: console.print(f"  {s}"))
+                  stage=lambda s: console.print(f"  {s}"), embedder=package_model_dir())
     console.print("parity against the transformers+peft reference (quick golden set)")
     report = run_parity(bundle, default_model_dir(), adapters, targets, thresholds=load_thresholds(None),
                         quick=True, progress=lambda m: console.print(f"  {m}", markup=False))
