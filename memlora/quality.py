@@ -12,8 +12,8 @@ and the speaker attribution of `memlora eval locomo`.
   when it names the person of one of them right (see above), else the wrong person; a memory matching none
   is unmatched. It counts for the matching expected memory with most key words (first on a tie), among
   those whose person it names right when there are any. A right-person memory counting for an expected
-  memory an earlier right-person memory already counts for is a duplicate. An expected memory is stored
-  when some memory matches it and names its person right.
+  memory an earlier right-person memory already counts for is a duplicate. An expected memory (one not
+  marked past) is stored when some memory matches it and names its person right.
 """
 
 from __future__ import annotations
@@ -88,9 +88,10 @@ def check_memories(memories: list[Memory], truth: Truth) -> list[MemoryCheck]:
 
 
 def stored(memories: list[Memory], truth: Truth) -> list[bool]:
-    """Per expected memory: whether some memory matches it and names its person right."""
+    """Per expected memory of the final store (not past): whether some memory matches it and names its person
+    right."""
     return [any(contains(m.text, e.keywords) and names_right_person(m.text, e.person, e.also, truth.cast)
-                for m in memories) for e in truth.memories]
+                for m in memories) for e in truth.memories if not e.past]
 
 
 def malformed(rows: list[dict]) -> dict[str, dict]:

@@ -2,7 +2,8 @@
 
 It holds the cast (every person and pet the conversation names), the questions with their expected answers
 (an answer is right when it contains all the answer's key words) and the memories the store should end with
-(the person each must name, other cast names it may carry beside that person, and key words). `memlora demo`
+(the person each must name, other cast names it may carry beside that person, and key words), plus facts
+that later changed (`"past": true`: a memory of one is judged for the person it names, but not expected). `memlora demo`
 and `memlora eval convs` judge what a user would see against it (`memlora.quality`).
 
     {"cast": ["Ana", "Ben", "Max"],
@@ -36,6 +37,7 @@ class ExpectedMemory:
     person: str  # the name the memory must carry
     keywords: tuple[str, ...]  # what identifies the memory, whoever it names
     also: tuple[str, ...] = ()  # other cast names it may carry ("Priya's brother Arjun": person Arjun, also Priya)
+    past: bool = False  # a fact that later changed: judged for whom it names, not expected in the final store
 
 
 @dataclass(frozen=True)
@@ -89,7 +91,10 @@ def load_truth(path: Path) -> Truth:
         where = f"{path}: memories[{i}]"
         if not isinstance(m, dict):
             raise MemloraError(f"{where}: must be an object")
-        memory = ExpectedMemory(_text(m, "person", where), _words(m, "keywords", where), _words(m, "also", where, False))
+        if not isinstance(m.get("past", False), bool):
+            raise MemloraError(f"{where}: \"past\" must be true or false")
+        memory = ExpectedMemory(_text(m, "person", where), _words(m, "keywords", where), _words(m, "also", where, False),
+                                m.get("past", False))
         unknown = [n for n in (memory.person, *memory.also) if n not in cast]
         if unknown:
             raise MemloraError(f"{where}: {', '.join(unknown)} not in the cast")

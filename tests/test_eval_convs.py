@@ -37,6 +37,10 @@ def test_truth_errors_name_the_file_and_entry(tmp_path):
     bad.write_text(json.dumps({"cast": ["Ana"], "questions": [], "memories": [{"person": "Bob", "keywords": ["x"]}]}))
     with pytest.raises(MemloraError, match=r"c.truth.json: memories\[0\]: Bob not in the cast"):
         load_truth(bad)
+    bad.write_text(json.dumps({"cast": ["Ana"], "questions": [],
+                               "memories": [{"person": "Ana", "keywords": ["x"], "past": "yes"}]}))
+    with pytest.raises(MemloraError, match=r"memories\[0\]: \"past\" must be true or false"):
+        load_truth(bad)
     (tmp_path / "c.jsonl").write_text("")
     (tmp_path / "d.jsonl").write_text("")
     with pytest.raises(MemloraError, match=r"d.truth.json: missing"):
@@ -54,24 +58,24 @@ def test_quality_of_a_store_filled_by_hand(tmp_path):
     store = MemoryStore(tmp_path / "s.sqlite")
     texts = ["Ana spent a week in Lisbon with her sister.", "Ana adopted a beagle called Max.",
              "Ben adopted a beagle called Max.", "Ben has a beagle puppy, Max.", "Ben likes pizza.",
-             "Ana works as a nurse at the city hospital."]
+             "Ana works as a nurse at the city hospital.", "Ana is still teaching at the high school."]
     store.apply("k1", ["L1"], "3 March 2024", texts, [Change("ADD", None, t, _unit(i)) for i, t in enumerate(texts)])
     store.record_skipped("k2", ["L5"], "malformed", None, "extract", "{", "no JSON object in output")
     store.record_skipped("k3", ["L9"], "malformed", ["x"], "mem_update", "{", "no JSON object in output")
     result = score("demo", truth, ["Max", "She is a teacher", "He tutors chemistry students"],
                    store.memories(), store.exchanges())
-    assert [m.verdict for m in result.memories] == [RIGHT, WRONG, RIGHT, RIGHT, UNMATCHED, RIGHT]
-    assert [m.duplicate for m in result.memories] == [False, False, False, True, False, False]
+    assert [m.verdict for m in result.memories] == [RIGHT, WRONG, RIGHT, RIGHT, UNMATCHED, RIGHT, WRONG]
+    assert [m.duplicate for m in result.memories] == [False, False, False, True, False, False, False]
     assert [a.right for a in result.answers] == [True, False, True]  # "tutors" and "tutoring" share the stem
     s = summary([result])
-    assert (s["answers_right"], s["right_person"], s["wrong_person"], s["unmatched"], s["duplicates"]) == (2, 4, 1, 1, 1)
-    assert (s["expected_stored"], s["expected_memories"]) == (3, 10)
+    assert (s["answers_right"], s["right_person"], s["wrong_person"], s["unmatched"], s["duplicates"]) == (2, 4, 2, 1, 1)
+    assert (s["expected_stored"], s["expected_memories"]) == (3, 10)  # Ben's teaching is past: judged, not expected
     assert s["malformed"] == {"extract": {"malformed": 1, "replies": 3, "rate": 1 / 3},
                               "mem_update": {"malformed": 1, "replies": 2, "rate": 0.5}}
     lines = describe(result)
     assert "  m1 (3 March 2024) Ana adopted a beagle called Max.  [WRONG PERSON: should name Ben]" in lines
     assert "A: She is a teacher  [WRONG: expected 'A nurse at the city hospital']" in lines
-    assert lines[-1] == ("demo: 2/3 answers right; 4/6 memories name the right person (1 the wrong person, 1 match "
+    assert lines[-1] == ("demo: 2/3 answers right; 4/7 memories name the right person (2 the wrong person, 1 match "
                          "no expected memory; duplicates: 1); 3/10 expected memories stored; malformed replies: "
                          "1/3 extract, 1/2 update")
 
