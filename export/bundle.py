@@ -140,9 +140,14 @@ def recognise_bundle(path: Path) -> str | None:
     return only_files(path, {MANIFEST, *manifest["files"]})
 
 
+def check_out(out: Path) -> None:
+    """Refuse `out` unless it is new, empty or a bundle -- before any work, so a refusal writes nothing
+    anywhere (not even a cache)."""
+    replace.check_replaceable(Path(out).resolve(), recognise_bundle, "bundle")
+
+
 def staging(out: Path):
-    """A staging directory for a bundle at `out`, which must be new, empty or a bundle (checked before any
-    work); see `memlora.replace`."""
+    """A staging directory for a bundle at `out` (checked again); see `memlora.replace`."""
     return replace.staging(out, recognise_bundle, "bundle")
 
 

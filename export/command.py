@@ -66,6 +66,7 @@ def export_bundle(
     if max_context <= 0:
         raise MemloraError(f"--max-context {max_context}: must be a positive number of tokens")
     model_dir, adapters_dir = Path(model_dir), Path(adapters_dir)
+    bundle.check_out(out)
     stage("check model and adapters")
     config = DecoderConfig.from_hf(model_dir, max_context)
     load_checked_adapters(adapters_dir, model_dir)
