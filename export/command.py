@@ -48,11 +48,11 @@ def export_bundle(
     golden reference (transformers+peft) read them, the tokenizer (its output constraints compiled), each
     target's mode and quant -- so bad input fails in seconds, not after the targets are built. `embedder` (a sentence-transformers BERT folder)
     is exported for every target too; None leaves the bundle without one (retrieval then runs on torch)."""
-    from memlora import constrain, prompts
+    from memlora import constrain, pipeline, prompts
     from memlora.adapters import load_checked_adapters
     from memlora.session import load_tokenizer
 
-    from . import bundle, golden, target
+    from . import bundle, chat_format, golden, target
     from . import embedder as embedder_export
     from .decoder import DecoderConfig
     from .lora import load_adapters
@@ -74,6 +74,8 @@ def export_bundle(
     tokenizer = load_tokenizer(model_dir)
     stage("output constraints")
     constraints = constrain.for_tokenizer(tokenizer)  # compiled once per tokenizer; refuses a non-byte-level one
+    chat = chat_format.chat_format(tokenizer, model_dir, [(m[0]["content"], m[1]["content"])
+                                                          for _, m, _ in golden.golden_messages()])
     source = None if embedder is None else embedder_export.read_source(embedder)
     request = target.TargetRequest(model_dir, adapters, mode, quant, block_size, config.max_context, embedding_int8)
     for exporter in exporters.values():
@@ -100,7 +102,9 @@ def export_bundle(
             "memlora_version": __version__,
             "model": model,
             "tokenizer": tok_entry,
-            "prompts": {"source": "memlora.prompts", "templates": prompts.TEMPLATES},
+            "prompts": {"source": "memlora.prompts", "templates": prompts.TEMPLATES, "chat": chat,
+                        "retrieval": {"top_k": pipeline.TOP_K, "answer_k": pipeline.ANSWER_K,
+                                      "max_shown": prompts.MAX_SHOWN}},
             "generation": {"decoding": "greedy", "trace_top_k": 5,
                            "operations": golden.operation_settings(tuple(adapters))},
             "constraints": constraints_entry,

@@ -15,6 +15,10 @@ from .store import Change, MemoryStore
 from .trace import TraceWriter
 
 
+TOP_K, ANSWER_K = 5, 10
+"""Memories retrieved per new fact for an update, and for a question (a bundle's manifest carries both, with
+`MAX_SHOWN`, so the device core retrieves as this pipeline does)."""
+
 SKIPPED = {"malformed": "malformed model output", "too_long": "longer than the model's context"}
 """Statuses of exchanges recorded as done without changes because of a problem, and what to call it."""
 
@@ -46,8 +50,8 @@ class MemoryPipeline:
         store: MemoryStore,
         embedder,
         use_adapters: bool = True,
-        top_k: int = 5,
-        answer_k: int = 10,
+        top_k: int = TOP_K,
+        answer_k: int = ANSWER_K,
         trace: TraceWriter | None = None,
         constraints: Constraints | None = None,
     ):
