@@ -1,9 +1,11 @@
 #include "py_json.h"
 
+#include <algorithm>
 #include <charconv>
 #include <cmath>
 #include <cstdlib>
 #include <limits>
+#include <string_view>
 
 #include "py_text.h"
 
@@ -283,6 +285,42 @@ const PyValue* PyValue::get(const std::u32string& key) const {
 PyValue py_raw_decode(const std::u32string& text) {
   size_t next = 0;
   return Scanner(text).scan(0, next, 0);
+}
+
+PyValue py_loads(const std::u32string& text) {
+  if (!text.empty() && text[0] == 0xFEFF) throw JsonDecodeError{"Unexpected UTF-8 BOM (decode using utf-8-sig)", 0};
+  size_t idx = 0;
+  while (idx < text.size() && ws(text[idx])) ++idx;
+  PyValue value = Scanner(text).scan(idx, idx, 0);
+  while (idx < text.size() && ws(text[idx])) ++idx;
+  if (idx != text.size()) throw JsonDecodeError{"Extra data", idx};
+  return value;
+}
+
+std::string py_str(const JsonDecodeError& error, const std::u32string& doc) {
+  if (error.too_deep) {
+    return std::string("maximum recursion depth exceeded while decoding a JSON ") +
+           (doc[error.pos] == U'{' ? "object" : "array") + " from a unicode string";
+  }
+  const std::u32string_view before = std::u32string_view(doc).substr(0, error.pos);
+  const size_t line = size_t(std::count(before.begin(), before.end(), U'\n')) + 1;
+  const size_t last_break = before.rfind(U'\n');
+  const size_t column = last_break == before.npos ? error.pos + 1 : error.pos - last_break;
+  return error.msg + ": line " + std::to_string(line) + " column " + std::to_string(column) + " (char " +
+         std::to_string(error.pos) + ")";
+}
+
+std::string py_type_name(const PyValue& value) {
+  switch (value.kind) {
+    case PyValue::Kind::None: return "NoneType";
+    case PyValue::Kind::Bool: return "bool";
+    case PyValue::Kind::Int: return "int";
+    case PyValue::Kind::Float: return "float";
+    case PyValue::Kind::Str: return "str";
+    case PyValue::Kind::List: return "list";
+    case PyValue::Kind::Dict: break;
+  }
+  return "dict";
 }
 
 std::u32string py_str(const PyValue& value) { return value.kind == PyValue::Kind::Str ? value.text : py_repr(value); }
