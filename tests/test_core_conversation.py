@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import unicodedata
 from pathlib import Path
 
 import pytest
@@ -82,6 +83,16 @@ def locomo_files(tmp_path_factory) -> list[Path]:
 
 
 @pytest.fixture(scope="module")
+def digits_file(tmp_path_factory) -> Path:
+    """Session keys in other scripts' digits (Arabic-Indic, a mathematical digit after four runs of ten) and with a
+    leading zero: int() reads them, so each names session 1 or 2 again, which Python lists once more."""
+    f = tmp_path_factory.mktemp("digits") / "digits.json"
+    f.write_text(json.dumps(locomo(session_2=[turn("B", "two")], session_2_date_time="9 May 2023",
+                                   **{"session_\u0661": None, "session_\U0001d7d9": 5, "session_02": "x"})))
+    return f
+
+
+@pytest.fixture(scope="module")
 def jsonl_file(tmp_path_factory) -> Path:
     """CRLF, a form feed and a vertical tab ending lines (str.splitlines), blank and Unicode-space lines, a date
     that comes back (a new session), dates with text around them or none Python's regex finds."""
@@ -98,8 +109,8 @@ def specs(numbers: list[int]) -> list[str | None]:
     return [None, str(numbers[-1]), f" {numbers[0]} - {numbers[1]} ", f"{numbers[-1]},0{numbers[0]}-{numbers[0]}"]
 
 
-def test_plan_equals_python(core, locomo_files, jsonl_file):
-    for path in [*SHIPPED, jsonl_file, *locomo_files]:
+def test_plan_equals_python(core, locomo_files, jsonl_file, digits_file):
+    for path in [*SHIPPED, jsonl_file, *locomo_files, digits_file]:
         numbers = [s.number for s in load_conversation(path).sessions]
         for sessions in specs(numbers):
             for window in (1, 3, 4, 100):
@@ -199,3 +210,12 @@ def test_bad_sessions_give_python_error(core, locomo_files):
     for path in [locomo_files[1], SHIPPED[0]]:
         for spec in BAD_SPECS:
             assert device_core.core_error(core, *core_args(path, spec)) == python_error(path, spec), (path, spec)
+
+
+def test_sessions_in_every_script_s_digits(core):
+    """int() reads any Unicode decimal digit: 1, 9 and 0 of each run of ten make "1-90" (no session 90)."""
+    zeros = [c for c in map(chr, range(0x110000)) if unicodedata.category(c) == "Nd" and unicodedata.decimal(c) == 0]
+    assert len(zeros) > 60
+    for z in zeros:
+        spec = f"{chr(ord(z) + 1)}-{chr(ord(z) + 9)}{z}"
+        assert device_core.core_error(core, *core_args(SHIPPED[0], spec)) == python_error(SHIPPED[0], spec), spec

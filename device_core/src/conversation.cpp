@@ -74,37 +74,71 @@ std::u32string read_text(const FilePath& path, const std::string& what) {
   return to_code_points(bytes);
 }
 
-// display_date's pattern, (\d{1,2})\s+([A-Za-z]+),?\s+(\d{4}), with Python's str semantics: \d is Unicode's Nd
-// (PCRE2_UCP), \s is str.isspace() (py_isspace; PCRE2's \s differs on U+001C..U+001F and U+180E), [A-Za-z] is
-// ASCII. A lone surrogate (invalid UTF-8 to PCRE2) matches nothing, as in Python.
-constexpr const char* SPACE = R"([\t-\r\x{1c}-\x{20}\x{85}\x{a0}\x{1680}\x{2000}-\x{200a}\x{2028}\x{2029}\x{202f}\x{205f}\x{3000}]+)";
-const std::string DATE_PATTERN = std::string(R"((\d{1,2}))") + SPACE + R"(([A-Za-z]+),?)" + SPACE + R"((\d{4}))";
+// A PCRE2 pattern with Python's str semantics where PCRE2 has them: \d is Unicode's Nd (PCRE2_UCP), and a lone
+// surrogate (its 3-byte form is invalid UTF-8 to PCRE2) matches nothing, as it matches no class in Python.
+class Regex {
+ public:
+  explicit Regex(const std::string& pattern) {
+    int error;
+    PCRE2_SIZE offset;
+    code_ = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(pattern.c_str()), pattern.size(),
+                          PCRE2_UTF | PCRE2_UCP | PCRE2_MATCH_INVALID_UTF, &error, &offset, nullptr);
+    if (code_ == nullptr) throw Error("PCRE2 cannot compile " + pattern + " (error " + std::to_string(error) + ")");
+  }
+  ~Regex() { pcre2_code_free(code_); }
+  Regex(const Regex&) = delete;
+  Regex& operator=(const Regex&) = delete;
 
-const pcre2_code* date_regex() {
-  static const std::unique_ptr<pcre2_code, void (*)(pcre2_code*)> code(
-      [] {
-        int error;
-        PCRE2_SIZE offset;
-        pcre2_code* c = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(DATE_PATTERN.c_str()), DATE_PATTERN.size(),
-                                      PCRE2_UTF | PCRE2_UCP | PCRE2_MATCH_INVALID_UTF, &error, &offset, nullptr);
-        if (c == nullptr) throw Error("PCRE2 cannot compile the date pattern (error " + std::to_string(error) + ")");
-        return c;
-      }(),
-      pcre2_code_free);
-  return code.get();
+  // The groups of the first match in `text` (re.search; with PCRE2_ANCHORED, re.match), or none.
+  std::vector<std::string> search(const std::string& text, uint32_t options = 0) const {
+    std::unique_ptr<pcre2_match_data, void (*)(pcre2_match_data*)> match(
+        pcre2_match_data_create_from_pattern(code_, nullptr), pcre2_match_data_free);
+    const int rc = pcre2_match(code_, reinterpret_cast<PCRE2_SPTR>(text.data()), text.size(), 0, options, match.get(), nullptr);
+    std::vector<std::string> groups;
+    const PCRE2_SIZE* ovector = pcre2_get_ovector_pointer(match.get());
+    for (int g = 0; g < rc; ++g) groups.push_back(text.substr(ovector[2 * g], ovector[2 * g + 1] - ovector[2 * g]));
+    return groups;
+  }
+
+ private:
+  pcre2_code* code_ = nullptr;
+};
+
+// The decimal value Python's int() gives the character `c`, or -1. Unicode encodes the decimal digits (Nd) in
+// runs of ten, 0 to 9, so a digit's value is the count of Nd code points right before it, modulo 10.
+int decimal_value(char32_t c) {
+  static const Regex DIGIT(R"(\p{Nd})");
+  const auto is_digit = [](char32_t d) { return !DIGIT.search(to_utf8(std::u32string(1, d)), PCRE2_ANCHORED).empty(); };
+  if (c >= U'0' && c <= U'9') return int(c - U'0');
+  if (!is_digit(c)) return -1;
+  int before = 0;
+  while (is_digit(c - char32_t(before) - 1)) ++before;
+  return before % 10;
 }
+
+// int(digits) as ASCII decimal without leading zeros, so numbers of any length compare exactly (`less`); "" when
+// `digits` is empty or holds a character that is no decimal digit.
+std::string decimal_digits(const std::u32string& digits) {
+  std::string out;
+  for (char32_t c : digits) {
+    const int v = decimal_value(c);
+    if (v < 0) return "";
+    if (v > 0 || !out.empty()) out += char('0' + v);
+  }
+  return digits.empty() ? "" : out.empty() ? "0" : out;
+}
+
+bool less(const std::string& a, const std::string& b) { return a.size() != b.size() ? a.size() < b.size() : a < b; }
+
+// display_date's pattern, (\d{1,2})\s+([A-Za-z]+),?\s+(\d{4}), with \s as str.isspace() (py_isspace: PCRE2's \s
+// differs on U+001C..U+001F and U+180E) and [A-Za-z] ASCII, as in Python.
+constexpr const char* SPACE = R"([\t-\r\x{1c}-\x{20}\x{85}\x{a0}\x{1680}\x{2000}-\x{200a}\x{2028}\x{2029}\x{202f}\x{205f}\x{3000}]+)";
 
 // '1:56 pm on 8 May, 2023' -> '8 May 2023'; text without a date is kept, stripped
 std::string display_date(const std::u32string& raw) {
-  const std::string text = to_utf8(raw);
-  std::unique_ptr<pcre2_match_data, void (*)(pcre2_match_data*)> match(
-      pcre2_match_data_create_from_pattern(date_regex(), nullptr), pcre2_match_data_free);
-  if (pcre2_match(date_regex(), reinterpret_cast<PCRE2_SPTR>(text.data()), text.size(), 0, 0, match.get(), nullptr) < 0) {
-    return to_utf8(py_strip(raw));
-  }
-  const PCRE2_SIZE* ovector = pcre2_get_ovector_pointer(match.get());
-  const auto group = [&](int g) { return text.substr(ovector[2 * g], ovector[2 * g + 1] - ovector[2 * g]); };
-  return group(1) + " " + group(2) + " " + group(3);
+  static const Regex DATE(std::string(R"((\d{1,2}))") + SPACE + R"(([A-Za-z]+),?)" + SPACE + R"((\d{4}))");
+  const std::vector<std::string> m = DATE.search(to_utf8(raw));
+  return m.empty() ? to_utf8(py_strip(raw)) : m[1] + " " + m[2] + " " + m[3];
 }
 
 const PyValue* get(const PyValue& dict, const std::string& key) { return dict.get(ascii_u32(key)); }
@@ -138,17 +172,16 @@ bool truthy(const PyValue& v) {
 
 std::string str(const PyValue& v) { return to_utf8(py_str(v)); }
 
-// The number of a "session_<digits>" key (re.fullmatch(r"session_\d+", key), ASCII digits), or -1.
-long long session_number(const std::u32string& key, const FilePath& path) {
+// The number of a "session_<digits>" key (re.fullmatch(r"session_\d+", key), then int()), or -1.
+int session_number(const std::u32string& key, const FilePath& path) {
   const std::u32string prefix = U"session_";
-  if (key.compare(0, prefix.size(), prefix) != 0 || key.size() == prefix.size()) return -1;
-  long long n = 0;
-  for (char32_t c : key.substr(prefix.size())) {
-    if (c < U'0' || c > U'9') return -1;
-    n = n * 10 + (c - U'0');
-    if (n > INT_MAX) throw Error(path.text + ": " + to_utf8(key) + ": the core reads session numbers up to " + std::to_string(INT_MAX));
+  if (key.compare(0, prefix.size(), prefix) != 0) return -1;
+  const std::string digits = decimal_digits(key.substr(prefix.size()));
+  if (digits.empty()) return -1;
+  if (less(std::to_string(INT_MAX), digits)) {
+    throw Error(path.text + ": " + to_utf8(key) + ": the core reads session numbers up to " + std::to_string(INT_MAX));
   }
-  return n;
+  return std::stoi(digits);
 }
 
 Turn locomo_turn(const FilePath& path, int session, size_t index, const PyValue& t, const std::string& date) {
@@ -205,8 +238,8 @@ Conversation load_locomo(const FilePath& path) {
   }
   std::vector<int> numbers;
   for (const std::u32string& key : conv.keys) {
-    const long long n = session_number(key, path);
-    if (n >= 0) numbers.push_back(int(n));
+    const int n = session_number(key, path);
+    if (n >= 0) numbers.push_back(n);
   }
   std::sort(numbers.begin(), numbers.end());
   Conversation out;
@@ -275,10 +308,7 @@ Conversation load_jsonl_turns(const FilePath& path) {
   return out;
 }
 
-// A --sessions bound as int() reads it: its decimal digits without leading zeros, compared exactly at any length.
-bool less(const std::string& a, const std::string& b) { return a.size() != b.size() ? a.size() < b.size() : a < b; }
-
-// re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part) with ASCII digits: the two bounds (hi = lo without "-")
+// re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part): the two bounds as decimal_digits (hi = lo without "-")
 bool parse_part(const std::u32string& part, std::string& lo, std::string& hi) {
   size_t i = 0;
   const auto spaces = [&] {
@@ -286,11 +316,9 @@ bool parse_part(const std::u32string& part, std::string& lo, std::string& hi) {
   };
   const auto number = [&](std::string& out) {
     const size_t start = i;
-    while (i < part.size() && part[i] >= U'0' && part[i] <= U'9') ++i;
-    if (i == start) return false;
-    const std::string digits = to_utf8(part.substr(start, i - start));
-    out = digits.substr(std::min(digits.find_first_not_of('0'), digits.size() - 1));
-    return true;
+    while (i < part.size() && decimal_value(part[i]) >= 0) ++i;
+    out = decimal_digits(part.substr(start, i - start));
+    return i > start;
   };
   spaces();
   if (!number(lo)) return false;
