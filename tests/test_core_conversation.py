@@ -85,10 +85,11 @@ def locomo_files(tmp_path_factory) -> list[Path]:
 @pytest.fixture(scope="module")
 def digits_file(tmp_path_factory) -> Path:
     """Session keys in other scripts' digits (Arabic-Indic, a mathematical digit after four runs of ten) and with a
-    leading zero: int() reads them, so each names session 1 or 2 again, which Python lists once more."""
+    leading zero: int() reads them, so each names session 1 or 2 again, which Python lists once more. The id is an
+    integer of 4300 digits, the most int() reads."""
     f = tmp_path_factory.mktemp("digits") / "digits.json"
     f.write_text(json.dumps(locomo(session_2=[turn("B", "two")], session_2_date_time="9 May 2023",
-                                   **{"session_\u0661": None, "session_\U0001d7d9": 5, "session_02": "x"})))
+                                   sample_id=int("9" * 4300), **{"session_\u0661": None, "session_\U0001d7d9": 5, "session_02": "x"})))
     return f
 
 
@@ -148,7 +149,7 @@ BAD_FILES = [
     ("empty.json", b""), ("blank.json", b"  \n\t "), ("brace.json", b"{"), ("extra.json", b'{"a": 1} x'),
     ("bom.json", "\ufeff{}".encode()), ("unterminated.json", b'{\n  "speaker_a": "A\n'), ("escape.json", b'["\\q"]'),
     ("open.json", b'["abc'), ("deep.json", b"[" * 100000), ("deep-object.json", b'{"a": ' * 100000),
-    ("key.json", b'{"a" 1}'), ("comma.json", b'[1 2]'), ("name.json", b'{1: 2}'), ("nan-ok-then-bad.json", b'[NaN, tru]'),
+    ("bigint.json", b"[" + b"1" * 4301 + b", x]"), ("key.json", b'{"a" 1}'), ("comma.json", b'[1 2]'), ("name.json", b'{1: 2}'), ("nan-ok-then-bad.json", b'[NaN, tru]'),
     ("utf8.json", b'{"speaker_a": "\xff"}'), ("truncated.json", b'{"a": "\xe2\x82'), ("surrogate.json", b'"\xed\xa0\x80"'),
     ("overlong.json", b'  "\xc0\xaf"'),
     ("list0.json", []), ("list2.json", [locomo(), locomo()]), ("int.json", [5]), ("str.json", "text"), ("float.json", 3.5),
@@ -174,7 +175,8 @@ BAD_FILES = [
     ("bom.jsonl", f"\ufeff{GOOD_LINE}".encode()), ("extra.jsonl", f"{GOOD_LINE} {GOOD_LINE}".encode()),
     ("split.jsonl", line(speaker="A", text="a\u2028b", date="8 May 2023").replace("\\u2028", "\u2028").encode()),
     ("split85.jsonl", "\n".join([GOOD_LINE, '{"speaker": "A", "text": "a\x85b"}']).encode()),
-    ("deep.jsonl", f"{GOOD_LINE}\n{'[' * 100000}".encode()), ("list.jsonl", b"[1]"), ("str.jsonl", f'{GOOD_LINE}\n\n"x"'.encode()), ("int.jsonl", b"5"),
+    ("deep.jsonl", f"{GOOD_LINE}\n{'[' * 100000}".encode()), ("list.jsonl", b"[1]"),
+    ("bigint.jsonl", f'{GOOD_LINE}\n{{"speaker": "A", "text": -{"2" * 5000}}}'.encode()), ("str.jsonl", f'{GOOD_LINE}\n\n"x"'.encode()), ("int.jsonl", b"5"),
     ("fields.jsonl", line(speaker="A").encode()), ("types.jsonl", line(speaker=" ", text=5, date="x").encode()),
     ("date.jsonl", line(speaker="A", text="t", date=None).encode()), ("utf8.jsonl", f"{GOOD_LINE}\n\xa0".encode("latin-1")),
 ]
