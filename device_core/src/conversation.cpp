@@ -93,7 +93,8 @@ class Regex {
   std::vector<std::string> search(const std::string& text, uint32_t options = 0) const {
     std::unique_ptr<pcre2_match_data, void (*)(pcre2_match_data*)> match(
         pcre2_match_data_create_from_pattern(code_, nullptr), pcre2_match_data_free);
-    const int rc = pcre2_match(code_, reinterpret_cast<PCRE2_SPTR>(text.data()), text.size(), 0, options, match.get(), nullptr);
+    const auto* subject = reinterpret_cast<PCRE2_SPTR>(text.data());
+    const int rc = pcre2_match(code_, subject, text.size(), 0, options, match.get(), nullptr);
     std::vector<std::string> groups;
     const PCRE2_SIZE* ovector = pcre2_get_ovector_pointer(match.get());
     for (int g = 0; g < rc; ++g) groups.push_back(text.substr(ovector[2 * g], ovector[2 * g + 1] - ovector[2 * g]));
@@ -132,7 +133,8 @@ bool less(const std::string& a, const std::string& b) { return a.size() != b.siz
 
 // display_date's pattern, (\d{1,2})\s+([A-Za-z]+),?\s+(\d{4}), with \s as str.isspace() (py_isspace: PCRE2's \s
 // differs on U+001C..U+001F and U+180E) and [A-Za-z] ASCII, as in Python.
-constexpr const char* SPACE = R"([\t-\r\x{1c}-\x{20}\x{85}\x{a0}\x{1680}\x{2000}-\x{200a}\x{2028}\x{2029}\x{202f}\x{205f}\x{3000}]+)";
+constexpr const char* SPACE =
+    R"([\t-\r\x{1c}-\x{20}\x{85}\x{a0}\x{1680}\x{2000}-\x{200a}\x{2028}\x{2029}\x{202f}\x{205f}\x{3000}]+)";
 
 // '1:56 pm on 8 May, 2023' -> '8 May 2023'; text without a date is kept, stripped
 std::string display_date(const std::u32string& raw) {
@@ -172,6 +174,15 @@ bool truthy(const PyValue& v) {
 
 std::string str(const PyValue& v) { return to_utf8(py_str(v)); }
 
+// isinstance(v, str) and v: a speaker's name
+bool is_name(const PyValue* v) { return v && v->kind == PyValue::Kind::Str && !v->text.empty(); }
+
+// a list (or the values of a dict) whose items are all of `kind`
+bool all_items(const PyValue& container, PyValue::Kind kind) {
+  const auto& items = container.items;
+  return std::all_of(items.begin(), items.end(), [kind](const PyValue& v) { return v.kind == kind; });
+}
+
 // The number of a "session_<digits>" key (re.fullmatch(r"session_\d+", key), then int()), or -1.
 int session_number(const std::u32string& key, const FilePath& path) {
   const std::u32string prefix = U"session_";
@@ -186,10 +197,12 @@ int session_number(const std::u32string& key, const FilePath& path) {
 
 Turn locomo_turn(const FilePath& path, int session, size_t index, const PyValue& t, const std::string& date) {
   const std::string where = path.text + ": session_" + std::to_string(session) + " turn " + std::to_string(index + 1);
-  if (t.kind != PyValue::Kind::Dict) throw Error(where + ": must be an object with speaker and text, not " + py_type_name(t));
+  if (t.kind != PyValue::Kind::Dict) {
+    throw Error(where + ": must be an object with speaker and text, not " + py_type_name(t));
+  }
   const PyValue* speaker = get(t, "speaker");
   const PyValue& text = get(t, "text", EMPTY_STR);
-  if (!speaker || speaker->kind != PyValue::Kind::Str || speaker->text.empty()) throw Error(where + ": 'speaker' must be a name");
+  if (!is_name(speaker)) throw Error(where + ": 'speaker' must be a name");
   if (text.kind != PyValue::Kind::Str) throw Error(where + ": 'text' must be a string");
   std::u32string content = text.text;
   const PyValue* caption = get(t, "blip_caption");
@@ -202,9 +215,9 @@ Turn locomo_turn(const FilePath& path, int session, size_t index, const PyValue&
 // The checks _observations makes that can raise (the core keeps no observations)
 void check_observations(const FilePath& path, int session, const PyValue* raw) {
   if (!raw || !truthy(*raw)) return;
-  const bool lists = raw->kind == PyValue::Kind::Dict &&
-                     std::all_of(raw->items.begin(), raw->items.end(), [](const PyValue& v) { return v.kind == PyValue::Kind::List; });
-  if (!lists) throw Error(path.text + ": session_" + std::to_string(session) + "_observation must map speakers to lists of facts");
+  if (raw->kind != PyValue::Kind::Dict || !all_items(*raw, PyValue::Kind::List)) {
+    throw Error(path.text + ": session_" + std::to_string(session) + "_observation must map speakers to lists of facts");
+  }
 }
 
 Conversation load_locomo(const FilePath& path) {
@@ -231,8 +244,7 @@ Conversation load_locomo(const FilePath& path) {
     throw Error(path.text + ": not a LoCoMo conversation ('conversation' and 'observation' must be objects)");
   }
   for (const char* key : {"speaker_a", "speaker_b"}) {
-    const PyValue* speaker = get(conv, key);
-    if (!speaker || speaker->kind != PyValue::Kind::Str || speaker->text.empty()) {
+    if (!is_name(get(conv, key))) {
       throw Error(path.text + ": not a LoCoMo conversation (speaker_a and speaker_b must be names)");
     }
   }
@@ -268,9 +280,9 @@ Conversation load_locomo(const FilePath& path) {
   }
   if (out.sessions.empty()) throw Error(path.text + ": the conversation has no sessions with turns");
   const PyValue& qa = get(data, "qa", EMPTY_LIST);
-  const bool qa_ok = qa.kind == PyValue::Kind::List &&
-                     std::all_of(qa.items.begin(), qa.items.end(), [](const PyValue& q) { return q.kind == PyValue::Kind::Dict; });
-  if (!qa_ok) throw Error(path.text + ": 'qa' must be a list of question objects");
+  if (qa.kind != PyValue::Kind::List || !all_items(qa, PyValue::Kind::Dict)) {
+    throw Error(path.text + ": 'qa' must be a list of question objects");
+  }
   const PyValue* sample_id = get(data, "sample_id");
   out.id = sample_id ? str(*sample_id) : path.stem;
   return out;
@@ -293,12 +305,15 @@ Conversation load_jsonl_turns(const FilePath& path) {
     std::string bad;
     for (const char* key : {"speaker", "text", "date"}) {
       const PyValue* v = get(obj, key);
-      if (!v || v->kind != PyValue::Kind::Str || py_strip(v->text).empty()) bad += (bad.empty() ? "'" : ", '") + std::string(key) + "'";
+      if (!v || v->kind != PyValue::Kind::Str || py_strip(v->text).empty()) {
+        bad += (bad.empty() ? "'" : ", '") + std::string(key) + "'";
+      }
     }
     if (!bad.empty()) {
       throw Error(where + ": " + bad + " missing or not text (every turn needs a speaker, a text and a date, as strings)");
     }
-    Turn turn{str(*get(obj, "speaker")), str(*get(obj, "text")), display_date(get(obj, "date")->text), "L" + line_number};
+    Turn turn{str(*get(obj, "speaker")), str(*get(obj, "text")), display_date(get(obj, "date")->text),
+              "L" + line_number};
     if (out.sessions.empty() || out.sessions.back().date != turn.date) {
       out.sessions.push_back({int(out.sessions.size()) + 1, turn.date, {}});
     }
@@ -369,7 +384,9 @@ std::vector<int> parse_range(const std::optional<std::string>& spec, const std::
   for (size_t at = 0; at <= text.size();) {
     const size_t end = std::min(text.find(U',', at), text.size());
     std::string lo, hi;
-    if (!parse_part(text.substr(at, end - at), lo, hi)) throw Error(prefix + "expected numbers and ranges such as 1-3,5");
+    if (!parse_part(text.substr(at, end - at), lo, hi)) {
+      throw Error(prefix + "expected numbers and ranges such as 1-3,5");
+    }
     at = end + 1;
     if (less(hi, lo)) throw Error(prefix + lo + "-" + hi + " is an empty range (write " + hi + "-" + lo + ")");
     if (less(lo, first) || less(last, hi)) {
@@ -401,7 +418,8 @@ std::vector<Exchange> plan(const Conversation& conv, const std::optional<std::st
   for (const Session& s : conv.sessions) {
     if (std::find(chosen.begin(), chosen.end(), s.number) == chosen.end()) continue;
     for (size_t i = 0; i < s.turns.size(); i += size_t(window)) {
-      const auto begin = s.turns.begin() + long(i), end = s.turns.begin() + long(std::min(i + size_t(window), s.turns.size()));
+      const auto begin = s.turns.begin() + long(i);
+      const auto end = s.turns.begin() + long(std::min(i + size_t(window), s.turns.size()));
       out.push_back({conv.id + ":s" + std::to_string(s.number) + ":" + begin->turn_id, std::vector<Turn>(begin, end)});
     }
   }
