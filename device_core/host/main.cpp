@@ -15,6 +15,9 @@
 //                                                 or {"error": reason} per line out (memlora/parse.py's rules)
 //   memlora-core store --store S [--read-only]    JSONL of store calls in (apply, skip, done, search, dump),
 //                                                 one JSON result per line out (memlora/store.py's store)
+//   memlora-core plan FILE [--sessions S] [--window N]   the exchanges to ingest from a LoCoMo or JSONL
+//                                                 conversation (memlora/ingest.py's plan), one JSON document:
+//                                                 [{"key", "turns": [{"speaker", "text", "date", "turn_id"}]}]
 //
 // Errors are one line on stderr, "error: <file>: <problem>", with exit code 2 (as the memlora CLI).
 #include <algorithm>
@@ -29,6 +32,7 @@
 
 #include "args.h"
 #include "../src/bundle.h"
+#include "../src/conversation.h"
 #include "../src/error.h"
 #include "../src/executorch_backend.h"
 #include "../src/generate.h"
@@ -44,7 +48,7 @@ using namespace memlora;
 
 namespace {
 
-const char* USAGE = "usage: memlora-core version|sha256|verify|tokenize|detokenize|selftest|generate|parse|store ... (see device_core/README.md)";
+const char* USAGE = "usage: memlora-core version|sha256|verify|tokenize|detokenize|selftest|generate|parse|store|plan ... (see device_core/README.md)";
 
 Tokenizer bundle_tokenizer(const Bundle& bundle) {
   return Tokenizer::from_file(bundle.file(bundle.manifest.tokenizer_dir + "/tokenizer.json"));
@@ -287,6 +291,26 @@ int run_store(const Args& args) {
   return 0;
 }
 
+// The exchanges memlora/ingest.py's plan cuts from a conversation file, as one JSON document.
+int run_plan(const Args& args) {
+  if (args.positional.size() != 1) throw Error("plan: pass one conversation file");
+  std::optional<std::string> sessions;
+  if (args.has("sessions")) sessions = args.options.at("sessions");  // "" too: parse_range refuses it
+  const int window = args.has("window") ? non_negative(args.required("window"), "plan: --window") : 4;
+  const auto quote = [](const std::string& utf8) { return json_quote(to_code_points(utf8)); };
+  std::vector<std::string> exchanges;
+  for (const Exchange& x : plan(load_conversation(args.positional[0]), sessions, window)) {
+    std::vector<std::string> turns;
+    for (const Turn& t : x.turns) {
+      turns.push_back("{\"speaker\": " + quote(t.speaker) + ", \"text\": " + quote(t.text) + ", \"date\": " + quote(t.date) +
+                      ", \"turn_id\": " + quote(t.turn_id) + "}");
+    }
+    exchanges.push_back("{\"key\": " + quote(x.key) + ", \"turns\": " + json_list(turns) + "}");
+  }
+  std::cout << json_list(exchanges) << "\n";
+  return 0;
+}
+
 int run(const Args& args) {
   if (args.command == "version") {
     std::cout << Json{{"bundle_schema", BUNDLE_SCHEMA}}.dump() << "\n";
@@ -307,6 +331,7 @@ int run(const Args& args) {
   if (args.command == "generate") return run_generate(args);
   if (args.command == "parse") return run_parse(args);
   if (args.command == "store") return run_store(args);
+  if (args.command == "plan") return run_plan(args);
   throw Error("unknown command '" + args.command + "'; " + USAGE);
 }
 

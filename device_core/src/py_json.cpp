@@ -1,9 +1,11 @@
 #include "py_json.h"
 
+#include <algorithm>
 #include <charconv>
 #include <cmath>
 #include <cstdlib>
 #include <limits>
+#include <string_view>
 
 #include "py_text.h"
 
@@ -14,6 +16,9 @@ namespace {
 // Python's C scanner recurses once per nested array or object and stops at the interpreter's recursion limit
 // (1000 less the caller's frames); the core stops at a fixed depth inside that margin.
 constexpr int MAX_DEPTH = 900;
+
+// sys.get_int_max_str_digits() by default: int() of a longer digit string is a ValueError
+constexpr size_t INT_MAX_STR_DIGITS = 4300;
 
 bool ws(char32_t c) { return c == U' ' || c == U'\t' || c == U'\n' || c == U'\r'; }
 bool digit(char32_t c) { return c >= U'0' && c <= U'9'; }
@@ -30,7 +35,8 @@ JsonDecodeError expecting_value(size_t idx) { return {"Expecting value", idx}; }
 
 class Scanner {
  public:
-  explicit Scanner(const std::u32string& s) : s_(s), n_(s.size()) {}
+  // `int_limit`: integers longer than INT_MAX_STR_DIGITS are refused as Python refuses them
+  Scanner(const std::u32string& s, bool int_limit) : s_(s), n_(s.size()), int_limit_(int_limit) {}
 
   PyValue scan(size_t idx, size_t& next, int depth) {
     if (idx >= n_) throw expecting_value(idx);
@@ -71,6 +77,7 @@ class Scanner {
  private:
   const std::u32string& s_;
   size_t n_;
+  bool int_limit_;
 
   // the C scanner's bounds check (idx + len - 1 < length) and the word
   bool word(size_t idx, const std::u32string& w) const { return s_.compare(idx, w.size(), w) == 0 && idx + w.size() <= n_; }
@@ -120,6 +127,13 @@ class Scanner {
     next = idx;
     const std::string literal(s_.begin() + long(start), s_.begin() + long(idx));
     if (is_float) return floating(std::strtod(literal.c_str(), nullptr));  // correctly rounded, as float()
+    const size_t digits = literal.size() - (literal[0] == '-');
+    if (int_limit_ && digits > INT_MAX_STR_DIGITS) {
+      const std::string msg = "Exceeds the limit (" + std::to_string(INT_MAX_STR_DIGITS) +
+                              " digits) for integer string conversion: value has " + std::to_string(digits) +
+                              " digits; use sys.set_int_max_str_digits() to increase the limit";
+      throw JsonDecodeError{msg, start, false, true};
+    }
     PyValue v;
     v.kind = PyValue::Kind::Int;
     v.text = ascii_u32(literal == "-0" ? "0" : literal);
@@ -282,7 +296,44 @@ const PyValue* PyValue::get(const std::u32string& key) const {
 
 PyValue py_raw_decode(const std::u32string& text) {
   size_t next = 0;
-  return Scanner(text).scan(0, next, 0);
+  return Scanner(text, false).scan(0, next, 0);
+}
+
+PyValue py_loads(const std::u32string& text) {
+  if (!text.empty() && text[0] == 0xFEFF) throw JsonDecodeError{"Unexpected UTF-8 BOM (decode using utf-8-sig)", 0};
+  size_t idx = 0;
+  while (idx < text.size() && ws(text[idx])) ++idx;
+  PyValue value = Scanner(text, true).scan(idx, idx, 0);
+  while (idx < text.size() && ws(text[idx])) ++idx;
+  if (idx != text.size()) throw JsonDecodeError{"Extra data", idx};
+  return value;
+}
+
+std::string py_str(const JsonDecodeError& error, const std::u32string& doc) {
+  if (error.value_error) return error.msg;
+  if (error.too_deep) {
+    return std::string("maximum recursion depth exceeded while decoding a JSON ") +
+           (doc[error.pos] == U'{' ? "object" : "array") + " from a unicode string";
+  }
+  const std::u32string_view before = std::u32string_view(doc).substr(0, error.pos);
+  const size_t line = size_t(std::count(before.begin(), before.end(), U'\n')) + 1;
+  const size_t last_break = before.rfind(U'\n');
+  const size_t column = last_break == before.npos ? error.pos + 1 : error.pos - last_break;
+  return error.msg + ": line " + std::to_string(line) + " column " + std::to_string(column) + " (char " +
+         std::to_string(error.pos) + ")";
+}
+
+std::string py_type_name(const PyValue& value) {
+  switch (value.kind) {
+    case PyValue::Kind::None: return "NoneType";
+    case PyValue::Kind::Bool: return "bool";
+    case PyValue::Kind::Int: return "int";
+    case PyValue::Kind::Float: return "float";
+    case PyValue::Kind::Str: return "str";
+    case PyValue::Kind::List: return "list";
+    case PyValue::Kind::Dict: break;
+  }
+  return "dict";
 }
 
 std::u32string py_str(const PyValue& value) { return value.kind == PyValue::Kind::Str ? value.text : py_repr(value); }

@@ -78,6 +78,16 @@ std::u32string py_first_line(const std::u32string& text) {
   return text.substr(0, size_t(std::find_if(text.begin(), text.end(), line_break) - text.begin()));
 }
 
+std::vector<std::u32string> py_splitlines(const std::u32string& text) {
+  std::vector<std::u32string> lines;
+  for (size_t at = 0; at < text.size();) {
+    const size_t end = size_t(std::find_if(text.begin() + long(at), text.end(), line_break) - text.begin());
+    lines.push_back(text.substr(at, end - at));
+    at = end + (end + 1 < text.size() && text[end] == U'\r' && text[end + 1] == U'\n' ? 2 : 1);
+  }
+  return lines;
+}
+
 std::u32string py_repr(const std::u32string& text) {
   const bool single = text.find(U'\'') == std::u32string::npos || text.find(U'"') != std::u32string::npos;
   const char32_t quote = single ? U'\'' : U'"';

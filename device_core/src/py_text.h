@@ -5,6 +5,7 @@
 
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace memlora {
 
@@ -14,6 +15,7 @@ std::string to_utf8(const std::u32string& text);       // a lone surrogate as it
 bool py_isspace(char32_t c);
 std::u32string py_strip(const std::u32string& text);
 std::u32string py_first_line(const std::u32string& text);  // text.splitlines()[0]; "" for ""
+std::vector<std::u32string> py_splitlines(const std::u32string& text);  // text.splitlines()
 std::u32string py_repr(const std::u32string& text);        // repr(text)
 std::u32string ascii_u32(std::string_view ascii);
 std::string json_quote(const std::u32string& text);  // json.dumps(text)

@@ -97,4 +97,14 @@ std::string utf8_lossy(std::string_view bytes) {
   return out;
 }
 
+size_t first_invalid_utf8(std::string_view bytes) {
+  for (size_t i = 0; i < bytes.size();) {
+    bool complete;
+    const size_t k = valid_prefix(bytes, i, complete);
+    if (!complete) return i;
+    i += k;
+  }
+  return std::string_view::npos;
+}
+
 }  // namespace memlora

@@ -22,4 +22,8 @@ uint32_t next_codepoint(std::string_view text, size_t& i);
 // practice that from_utf8_lossy and Python's errors="replace" follow).
 std::string utf8_lossy(std::string_view bytes);
 
+// The offset of the first byte that strict decoding (Python's bytes.decode("utf-8")) rejects: the start of the
+// first invalid or truncated sequence; npos when `bytes` is valid UTF-8.
+size_t first_invalid_utf8(std::string_view bytes);
+
 }  // namespace memlora
