@@ -38,6 +38,13 @@ CORPUS = [
     "the quick brown fox jumps over the lazy dog " * 40, "日本" * 200,
 ]
 
+BLOCKS = [(0x0000, 0x05FF), (0x0900, 0x097F), (0x0E00, 0x0E7F), (0x1000, 0x11FF), (0x1E00, 0x2E42), (0x3000, 0x33FF),
+          (0x4E00, 0x4FFF), (0xAC00, 0xACFF), (0xFB00, 0xFFFF), (0x1F000, 0x1FAFF)]
+"""Every character of these blocks is swept (Latin, combining marks, Greek, Cyrillic, Hebrew, Devanagari, Thai,
+Myanmar, Georgian, jamo, Greek extended, punctuation and symbols, kana, CJK, Hangul, compatibility forms,
+emoji): blocks where Python's Unicode database and the `tokenizers` library's agree (device_core/README.md)."""
+SWEEP = [f"a{chr(c)}b {chr(c)}" for first, last in BLOCKS for c in range(first, last + 1) if not 0xD800 <= c <= 0xDFFF]
+
 
 def lines(texts: list[str]) -> str:
     return "".join(json.dumps(t) + "\n" for t in texts)
@@ -82,15 +89,16 @@ VARIANTS = {  # all-MiniLM-L6-v2's file with another normalizer or post-processo
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_ids_equal_tokenizers_on_minilm(core, tmp_path, variant):
     """The packaged all-MiniLM-L6-v2 tokenizer truncated at the model's length (its file says 128 and pads to
-    it; memlora truncates at max_seq_length 256, which `--truncation` passes)."""
+    it; memlora truncates at max_seq_length 256, which `--truncation` passes), on the corpus and the sweep."""
     assert MINILM_NORMALIZER == {"type": "BertNormalizer", "clean_text": True, "handle_chinese_chars": True,
                                  "strip_accents": None, "lowercase": True}
     file = tmp_path / "tokenizer.json"
     file.write_text(json.dumps({**json.loads(MINILM.read_text()), **VARIANTS[variant]}))
     truncation = max_length(package_model_dir())
-    expected = reference_ids(file, truncation, CORPUS)
-    got = core_json_lines(core, "embed-tokenize", "--tokenizer", file, "--truncation", truncation, stdin=lines(CORPUS))
-    assert got == expected
+    texts = CORPUS + SWEEP
+    expected = reference_ids(file, truncation, texts)
+    got = core_json_lines(core, "embed-tokenize", "--tokenizer", file, "--truncation", truncation, stdin=lines(texts))
+    assert [t for t, e, g in zip(texts, expected, got) if e != g] == [] and len(got) == len(texts)
     assert max(map(len, expected)) == truncation
 
 
