@@ -18,6 +18,10 @@
 //   memlora-core plan FILE [--sessions S] [--window N]   the exchanges to ingest from a LoCoMo or JSONL
 //                                                 conversation (memlora/ingest.py's plan), one JSON document:
 //                                                 [{"key", "turns": [{"speaker", "text", "date", "turn_id"}]}]
+//   memlora-core embed --bundle B                 JSONL of strings in, one JSON list of floats (the unit vector
+//                                                 of the bundle's retrieval embedder) per line out
+//   memlora-core embed-tokenize (--bundle B | --tokenizer FILE --truncation N)   JSONL of strings in, JSONL of
+//                                                 the embedder tokenizer's id lists out (special tokens added)
 //
 // Errors are one line on stderr, "error: <file>: <problem>", with exit code 2 (as the memlora CLI).
 #include <algorithm>
@@ -33,6 +37,7 @@
 #include "args.h"
 #include "../src/bundle.h"
 #include "../src/conversation.h"
+#include "../src/embedder.h"
 #include "../src/error.h"
 #include "../src/executorch_backend.h"
 #include "../src/generate.h"
@@ -43,12 +48,13 @@
 #include "../src/sha256.h"
 #include "../src/store.h"
 #include "../src/tokenizer.h"
+#include "../src/wordpiece.h"
 
 using namespace memlora;
 
 namespace {
 
-const char* USAGE = "usage: memlora-core version|sha256|verify|tokenize|detokenize|selftest|generate|parse|store|plan ... (see device_core/README.md)";
+const char* USAGE = "usage: memlora-core version|sha256|verify|tokenize|detokenize|selftest|generate|parse|store|plan|embed|embed-tokenize ... (see device_core/README.md)";
 
 Tokenizer bundle_tokenizer(const Bundle& bundle) {
   return Tokenizer::from_file(bundle.file(bundle.manifest.tokenizer_dir + "/tokenizer.json"));
@@ -311,6 +317,29 @@ int run_plan(const Args& args) {
   return 0;
 }
 
+// One JSON string per input line, one result per output line (flushed: a caller may talk line by line).
+template <typename F>
+int per_line(F answer) {
+  std::string line;
+  for (int n = 1; std::getline(std::cin, line); ++n) {
+    const std::string where = "stdin:" + std::to_string(n);
+    const Json value = parse_json(line, where);
+    std::cout << answer(JsonView(value, where + ": expected a JSON string").string()).dump() << std::endl;
+  }
+  return 0;
+}
+
+int run_embed(const Args& args, bool vectors) {
+  if (!vectors && args.has("tokenizer")) {
+    const WordPieceTokenizer tokenizer = WordPieceTokenizer::from_file(
+        args.required("tokenizer"), non_negative(args.required("truncation"), "embed-tokenize: --truncation"));
+    return per_line([&](const std::string& text) { return Json(tokenizer.encode(text)); });
+  }
+  TextEmbedder embedder(load_bundle(args.required("bundle")));
+  if (!vectors) return per_line([&](const std::string& text) { return Json(embedder.tokenize(text)); });
+  return per_line([&](const std::string& text) { return Json(embedder.embed({text}).front()); });
+}
+
 int run(const Args& args) {
   if (args.command == "version") {
     std::cout << Json{{"bundle_schema", BUNDLE_SCHEMA}}.dump() << "\n";
@@ -332,6 +361,8 @@ int run(const Args& args) {
   if (args.command == "parse") return run_parse(args);
   if (args.command == "store") return run_store(args);
   if (args.command == "plan") return run_plan(args);
+  if (args.command == "embed") return run_embed(args, true);
+  if (args.command == "embed-tokenize") return run_embed(args, false);
   throw Error("unknown command '" + args.command + "'; " + USAGE);
 }
 

@@ -55,4 +55,9 @@ std::string take_executorch_error() {
   return out;
 }
 
+std::string executorch_why(executorch::runtime::Error e) {
+  const std::string said = take_executorch_error();
+  return std::string(executorch::runtime::to_string(e)) + (said.empty() ? "" : ": " + said);
+}
+
 }  // namespace memlora

@@ -5,6 +5,8 @@
 
 #include <string>
 
+#include <executorch/runtime/core/error.h>
+
 namespace memlora {
 
 // Routes ExecuTorch's log here (once per process; call before loading a program).
@@ -12,5 +14,8 @@ void capture_executorch_log();
 
 // The runtime's last error message since the last call ("" if none), cleared by the call.
 std::string take_executorch_error();
+
+// The runtime's error code, with its last logged error message when it gave one.
+std::string executorch_why(executorch::runtime::Error e);
 
 }  // namespace memlora

@@ -17,12 +17,6 @@ namespace {
 
 constexpr const char* BASE_METHOD = "forward";
 
-// The runtime's error code, with its last logged error message when it gave one.
-std::string why(EtError e) {
-  const std::string said = take_executorch_error();
-  return std::string(executorch::runtime::to_string(e)) + (said.empty() ? "" : ": " + said);
-}
-
 }  // namespace
 
 ExecuTorchBackend::ExecuTorchBackend(const Bundle& bundle) {
@@ -68,7 +62,7 @@ Module& ExecuTorchBackend::program(const std::string& path) {
   const EtError loaded = module->load();
   if (loaded != EtError::Ok) {
     const std::string what = data == data_files_.end() ? path : path + " (data " + data->second + ")";
-    throw Error(what + ": ExecuTorch cannot load this program (" + why(loaded) + ")");
+    throw Error(what + ": ExecuTorch cannot load this program (" + executorch_why(loaded) + ")");
   }
   return *programs_.emplace(path, std::move(module)).first->second;
 }
@@ -77,7 +71,7 @@ int64_t ExecuTorchBackend::constant(const std::string& path, const std::string& 
   auto out = program(path).execute(method);
   if (!out.ok() || out->empty() || !(*out)[0].isInt()) {
     throw Error(path + ": program has no readable " + method + " metadata method" +
-                (out.ok() ? "" : " (" + why(out.error()) + ")"));
+                (out.ok() ? "" : " (" + executorch_why(out.error()) + ")"));
   }
   return (*out)[0].toInt();
 }
@@ -89,7 +83,7 @@ Module& ExecuTorchBackend::method(const Route& route) {
     if (loaded != EtError::Ok) {
       auto data = data_files_.find(route.program);
       throw Error((data == data_files_.end() ? route.program : data->second) + ": ExecuTorch cannot load method '" +
-                  route.method + "' (" + why(loaded) + "); the program or its weight data is corrupt or does not belong to it");
+                  route.method + "' (" + executorch_why(loaded) + "); the program or its weight data is corrupt or does not belong to it");
     }
   }
   return module;
@@ -107,7 +101,7 @@ std::vector<float> ExecuTorchBackend::run(const std::vector<int>& tokens, int st
   auto out = module.execute(route.method, {EValue(ids), EValue(pos)});
   if (!out.ok() || out->empty() || !(*out)[0].isTensor()) {
     throw Error(route.program + ": method '" + route.method + "' failed at start " + std::to_string(start) +
-                (out.ok() ? " (no logits)" : " (" + why(out.error()) + ")"));
+                (out.ok() ? " (no logits)" : " (" + executorch_why(out.error()) + ")"));
   }
   const auto& logits = (*out)[0].toTensor();
   if (logits.scalar_type() != executorch::aten::ScalarType::Float || logits.numel() != vocab_) {
