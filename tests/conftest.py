@@ -23,6 +23,22 @@ def parity_cache_outside_home(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def core():
+    """The on-device core's host runner, built once per session by scripts/build_core.sh (incremental: under a
+    second when nothing changed)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run([str(root / "scripts" / "build_core.sh")], capture_output=True, text=True,
+                            env={**os.environ, "PYTHON": sys.executable})
+    assert result.returncode == 0, result.stderr
+    return root / "build" / "core" / "memlora-core"
+
+
+@pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory):
     """A tiny random Llama (tied embeddings, GQA) with a ChatML tokenizer."""
     return tiny.build_model(tmp_path_factory.mktemp("tiny-llama"))

@@ -1,6 +1,7 @@
 """The core's C API (device_core/api/memlora_core.h), build/core/libmemlora_core.so, called through ctypes as the
 apps' JNI and Objective-C++ bridges call it, on the tiny ExecuTorch bundle: open, self-test, one constrained
-generation with its device trace, and the one-line errors; and android_demo's JNI shim from a JVM.
+generation with its device trace, the memory pipeline (ingest typed turns, ask, list memories), and the one-line
+errors; and android_demo's JNI shim from a JVM.
 
 The calls run in a fresh Python process: this one has loaded ExecuTorch's Python runtime (the bundle fixture
 exports through it), whose kernel registry is not the one libexecutorch.so gives the library."""
@@ -16,6 +17,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from tests import script
 
 ROOT = Path(__file__).resolve().parents[1]
 LIBRARY = ROOT / "build" / "core" / "libmemlora_core.so"
@@ -81,6 +84,13 @@ def drive(bundle: str, tampered: str, trace: str) -> dict:
     assert api.raw("trace_to", core, trace) == 0
     request = {"op": golden["op"], "prompt_ids": golden["prompt_ids"]}
     out["generate"] = api.call("generate", core, json.dumps(request))
+    assert api.raw("trace_to", core, "") == 0
+    store = str(Path(trace).parent / "api.sqlite")
+    turns = [{"speaker": t.speaker, "text": t.text, "date": t.date, "turn_id": t.turn_id}
+             for _, exchange in script.EXCHANGES for t in exchange]
+    out["ingest"] = api.call("ingest", core, json.dumps({"store": store, "id": "chat", "turns": turns, "window": 2}))
+    out["ask"] = api.call("ask", core, json.dumps({"store": store, "question": script.QUESTION}))
+    out["memories"] = api.call("memories", core, json.dumps({"store": store, "history": True}))
     out["errors"] = {
         "no_budget": error_of(api, "generate", core, json.dumps({**request, "max_new_tokens": 0})),
         "tampered": error_of(api, "open", tampered, 1),
@@ -121,7 +131,7 @@ def test_open_reports_the_bundle(calls, et_bundle):
 
     manifest = json.loads((et_bundle / "manifest.json").read_text())
     info = calls["info"]
-    assert calls["version"] == {"api": 1, "bundle_schema": SCHEMA_VERSION, "trace_schema": "memlora-trace/1"}
+    assert calls["version"] == {"api": 2, "bundle_schema": SCHEMA_VERSION, "trace_schema": "memlora-trace/1"}
     assert info["bundle"] == str(et_bundle) and info["backend"] == "executorch"
     assert sorted(info["adapters"]) == ["answer", "extract", "mem_update"]
     assert {op: s["adapter"] for op, s in info["operations"].items()} == \
@@ -158,9 +168,21 @@ def test_errors_are_the_cores_one_line_messages(calls):
     assert errors["bad_ids"].startswith("memlora_core_generate request") and "prompt_ids" in errors["bad_ids"]
     assert errors["no_budget"].startswith("memlora_core_generate request") and "max_new_tokens" in errors["no_budget"]
     assert errors["null_handle"] == "memlora_core: no bundle is open (the handle is NULL)"
-    for f in ("ingest", "ask", "memories"):
-        assert errors[f].startswith(f"memlora_core_{f}: not implemented in this core yet")
+    assert errors["ingest"].startswith("memlora_core_ingest request") and "turns" in errors["ingest"]
+    for f in ("ask", "memories"):
+        assert errors[f] == "s.sqlite: no memory store here; run `memlora ingest` first (or pass --store)"
     assert all("\n" not in e for e in errors.values())
+
+
+def test_the_pipeline_through_the_api(calls):
+    """Typed turns in two exchanges of two: the taught adapters ADD, then UPDATE, then answer from the memory."""
+    ingest, ask, memories = calls["ingest"], calls["ask"], calls["memories"]
+    assert [(x["key"], x["status"], [e["event"] for e in x["events"]]) for x in ingest["exchanges"]] == \
+        [(key, "applied", [event]) for (key, _), event in zip(script.EXCHANGES, ("ADD", "UPDATE"))]
+    assert ingest["statuses"] == {"applied": 2} and ingest["memories"] == 1
+    assert ask["answer"] == script.ANSWER and ask["adapter"] == "answer" and [m["id"] for m in ask["memories"]] == ["m0"]
+    assert [m["text"] for m in memories["memories"]] == [script.MERGED]
+    assert [(h["event"], h["new_text"]) for h in memories["history"]] == [("ADD", script.FACT1), ("UPDATE", script.MERGED)]
 
 
 @pytest.mark.skipif(shutil.which("javac") is None, reason="no JDK")

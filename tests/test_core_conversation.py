@@ -20,8 +20,6 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "memlora" / "data"
 SHIPPED = [DATA / "demo_conversation.jsonl", *sorted((DATA / "heldout").glob("*.jsonl"))]
 
-core = device_core.core  # the host runner, built by scripts/build_core.sh
-
 
 def python_plan(path, sessions: str | None, window: int = 4) -> list[dict]:
     return [{"key": key, "turns": [dataclasses.asdict(t) for t in turns]}

@@ -23,7 +23,6 @@ from memlora.runtime.bundle_embedder import BundleEmbedder, open_section
 from tests import test_device_core as device
 
 ROOT = device.ROOT
-core = device.core  # the session's host runner, built by scripts/build_core.sh
 
 CORPUS = [
     "", " ", "\n", "Caroline went to a support group on 7 May 2023.", "I'm sure they'll say it's fine; DON'T you?",

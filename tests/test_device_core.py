@@ -37,16 +37,6 @@ CORPUS = [
 ]
 
 
-@pytest.fixture(scope="session")
-def core() -> Path:
-    """The host runner, built once per session by scripts/build_core.sh (incremental: under a second when
-    nothing changed)."""
-    result = subprocess.run([str(ROOT / "scripts" / "build_core.sh")], capture_output=True, text=True,
-                            env={**os.environ, "PYTHON": sys.executable})
-    assert result.returncode == 0, result.stderr
-    return ROOT / "build" / "core" / "memlora-core"
-
-
 def run(core: Path, *args, stdin: str | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([str(core), *map(str, args)], input=stdin, capture_output=True, text=True)
 

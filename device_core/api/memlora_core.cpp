@@ -12,11 +12,14 @@
 #include <vector>
 
 #include "../src/bundle.h"
+#include "../src/conversation.h"
+#include "../src/engine.h"
 #include "../src/constrain.h"
 #include "../src/error.h"
 #include "../src/executorch_backend.h"
 #include "../src/generate.h"
 #include "../src/json_view.h"
+#include "../src/results_json.h"
 #include "../src/selftest.h"
 #include "../src/tokenizer.h"
 #include "../src/trace.h"
@@ -24,24 +27,14 @@
 using namespace memlora;
 
 struct memlora_core {
-  Bundle bundle;
-  Tokenizer tokenizer;
-  ExecuTorchBackend backend;
-  std::set<int> eos_ids;
-  std::string trace;  // "" : not tracing
+  Engine engine;
 
-  explicit memlora_core(Bundle b)
-      : bundle(std::move(b)),
-        tokenizer(Tokenizer::from_file(bundle.file(bundle.manifest.tokenizer_dir + "/tokenizer.json"))),
-        backend(bundle),
-        eos_ids(bundle.manifest.model.special.eos_ids.begin(), bundle.manifest.model.special.eos_ids.end()) {
-    backend.preload();
-  }
+  memlora_core(const std::string& dir, bool verify) : engine(dir, verify) {}
 };
 
 namespace {
 
-constexpr int API_VERSION = 1;
+constexpr int API_VERSION = 2;  // 2: the pipeline functions work
 
 char* copy(const std::string& text) {
   char* out = static_cast<char*>(std::malloc(text.size() + 1));
@@ -78,27 +71,27 @@ Json request(const char* text, const std::string& function) {
   return value;
 }
 
-double per_second(int count, double seconds) { return seconds > 0 ? count / seconds : 0.0; }
-
 Json adapter_json(const AdapterName& adapter) { return adapter ? Json(*adapter) : Json(nullptr); }
 
 Json generate(memlora_core& core, const Json& value) {
   const JsonView req(value, "memlora_core_generate request");
   const std::string op = req.at("op").string();
-  const Operation& settings = core.bundle.operation(op);
+  const Operation& settings = core.engine.bundle.operation(op);
   std::vector<int> prompt;
   for (int64_t id : req.at("prompt_ids").integers()) prompt.push_back(int(id));
-  GenerationConfig config{settings.max_new_tokens, settings.stop, core.bundle.manifest.trace_top_k};
+  GenerationConfig config{settings.max_new_tokens, settings.stop, core.engine.bundle.manifest.trace_top_k};
   if (req.has("max_new_tokens")) {
     const int64_t budget = req.at("max_new_tokens").integer();
     if (budget < 1) req.at("max_new_tokens").fail("must be a positive integer");
     config.max_new_tokens = int(std::min<int64_t>(config.max_new_tokens, budget));
   }
   const int shown = req.has("shown") ? int(req.at("shown").integer()) : 0;
-  const Constraint constraint = core.bundle.constraint(table_name(op, shown));
+  const Constraint constraint = core.engine.bundle.constraint(table_name(op, shown));
+  const auto& eos = core.engine.bundle.manifest.model.special.eos_ids;
+  const std::set<int> eos_ids(eos.begin(), eos.end());
   const Generation g =
-      memlora::generate(core.backend, core.tokenizer, prompt, settings.adapter, config, core.eos_ids, op, &constraint);
-  if (!core.trace.empty()) append_trace(core.trace, g.record);
+      memlora::generate(core.engine.backend, core.engine.tokenizer, prompt, settings.adapter, config, eos_ids, op, &constraint);
+  if (!core.engine.trace.empty()) append_trace(core.engine.trace, g.record);
   return Json{{"op", op}, {"adapter", adapter_json(settings.adapter)}, {"text", g.record.text},
               {"output_ids", g.record.output_ids}, {"stop_reason", g.record.stop_reason},
               {"prompt_tokens", prompt.size()}, {"decode_steps", g.decode_steps},
@@ -107,26 +100,57 @@ Json generate(memlora_core& core, const Json& value) {
 }
 
 Json info(const memlora_core& core) {
-  const Manifest& m = core.bundle.manifest;
+  const Manifest& m = core.engine.bundle.manifest;
   Json operations = Json::object();
   for (const auto& [op, settings] : m.operations) {
     operations[op] = Json{{"adapter", adapter_json(settings.adapter)}, {"max_new_tokens", settings.max_new_tokens}};
   }
-  return Json{{"bundle", core.bundle.path}, {"model", m.model.name}, {"backend", core.backend.name()},
-              {"adapters", core.backend.adapters()}, {"operations", operations},
-              {"max_context", core.backend.max_context()}, {"vocab", core.backend.vocab()},
-              {"trace", core.trace.empty() ? Json(nullptr) : Json(core.trace)}};
+  return Json{{"bundle", core.engine.bundle.path}, {"model", m.model.name}, {"backend", core.engine.backend.name()},
+              {"adapters", core.engine.backend.adapters()}, {"operations", operations},
+              {"max_context", core.engine.backend.max_context()}, {"vocab", core.engine.backend.vocab()},
+              {"trace", core.engine.trace.empty() ? Json(nullptr) : Json(core.engine.trace)}};
 }
 
-// The pipeline's entry points, until device_core/src has the prompt builder, the embedder and the pipeline over
-// them with its parser and store.
-char* not_yet(memlora_core* core, const char* request_json, char** error, const std::string& function) {
-  return guarded<char*>(error, nullptr, [&]() -> char* {
-    need(core);
-    request(request_json, function);
-    throw Error(function + ": not implemented in this core yet (device_core/src has no prompt builder, embedder "
-                "or pipeline)");
-  });
+std::optional<std::string> optional_string(const JsonView& req, const std::string& key) {
+  if (!req.has(key) || req.at(key).is_null()) return std::nullopt;
+  return req.at(key).string();
+}
+
+// The turns of a request: "turns" as one exchange per `window` of them, or a conversation "file" (and "sessions").
+std::vector<Exchange> exchanges(const JsonView& req) {
+  const int window = req.has("window") ? int(req.at("window").integer()) : 4;
+  if (window < 1) req.at("window").fail("must be at least 1");
+  if (req.has("file")) return plan(load_conversation(req.at("file").string()), optional_string(req, "sessions"), window);
+  Conversation conv{req.has("id") ? req.at("id").string() : "app", {}};
+  for (const JsonView& t : req.at("turns").items()) {
+    const std::string date = t.at("date").string();
+    if (conv.sessions.empty() || conv.sessions.back().date != date) {
+      conv.sessions.push_back({int(conv.sessions.size()) + 1, date, {}});
+    }
+    auto& turns = conv.sessions.back().turns;
+    turns.push_back({t.at("speaker").string(), t.at("text").string(), date,
+                     t.has("turn_id") ? t.at("turn_id").string() : "T" + std::to_string(turns.size() + 1)});
+  }
+  return plan(conv, std::nullopt, window);
+}
+
+Json ingest(memlora_core& core, const Json& value) {
+  const JsonView req(value, "memlora_core_ingest request");
+  const std::vector<Exchange> todo = exchanges(req);
+  MemoryStore store(req.at("store").string());
+  return ingest_json(store, core.engine.ingest(store, todo));
+}
+
+Json ask(memlora_core& core, const Json& value) {
+  const JsonView req(value, "memlora_core_ask request");
+  MemoryStore store(req.at("store").string(), true);
+  return answer_json(core.engine.pipeline(store).answer(req.at("question").string()));
+}
+
+Json memories(const Json& value) {
+  const JsonView req(value, "memlora_core_memories request");
+  MemoryStore store(req.at("store").string(), true);
+  return store_json(store, req.has("history") && req.at("history").boolean());
 }
 
 }  // namespace
@@ -140,7 +164,7 @@ char* memlora_core_version(void) {
 memlora_core* memlora_core_open(const char* bundle_dir, int verify, char** error) {
   return guarded<memlora_core*>(error, nullptr, [&] {
     if (bundle_dir == nullptr) throw Error("memlora_core_open: the bundle path is NULL");
-    return new memlora_core(load_bundle(bundle_dir, verify != 0));
+    return new memlora_core(bundle_dir, verify != 0);
   });
 }
 
@@ -155,13 +179,13 @@ char* memlora_core_info(memlora_core* core, char** error) {
 char* memlora_core_selftest(memlora_core* core, char** error) {
   return guarded<char*>(error, nullptr, [&] {
     memlora_core& c = need(core);
-    return copy(selftest(c.bundle, c.backend, c.tokenizer).to_json().dump());
+    return copy(selftest(c.engine.bundle, c.engine.backend, c.engine.tokenizer).to_json().dump());
   });
 }
 
 int memlora_core_trace_to(memlora_core* core, const char* path, char** error) {
   return guarded<int>(error, 1, [&] {
-    need(core).trace = path == nullptr ? "" : path;
+    need(core).engine.trace = path == nullptr ? "" : path;
     return 0;
   });
 }
@@ -174,15 +198,24 @@ char* memlora_core_generate(memlora_core* core, const char* request_json, char**
 }
 
 char* memlora_core_ingest(memlora_core* core, const char* request_json, char** error) {
-  return not_yet(core, request_json, error, "memlora_core_ingest");
+  return guarded<char*>(error, nullptr, [&] {
+    memlora_core& c = need(core);
+    return copy(ingest(c, request(request_json, "memlora_core_ingest")).dump());
+  });
 }
 
 char* memlora_core_ask(memlora_core* core, const char* request_json, char** error) {
-  return not_yet(core, request_json, error, "memlora_core_ask");
+  return guarded<char*>(error, nullptr, [&] {
+    memlora_core& c = need(core);
+    return copy(ask(c, request(request_json, "memlora_core_ask")).dump());
+  });
 }
 
 char* memlora_core_memories(memlora_core* core, const char* request_json, char** error) {
-  return not_yet(core, request_json, error, "memlora_core_memories");
+  return guarded<char*>(error, nullptr, [&] {
+    need(core);
+    return copy(memories(request(request_json, "memlora_core_memories")).dump());
+  });
 }
 
 }  // extern "C"

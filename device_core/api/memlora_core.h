@@ -24,7 +24,7 @@ extern "C" {
 
 typedef struct memlora_core memlora_core;
 
-/* {"api": 1, "bundle_schema": "memlora-bundle/2", "trace_schema": "memlora-trace/1"}. */
+/* {"api": 2, "bundle_schema": "memlora-bundle/3", "trace_schema": "memlora-trace/1"}. */
 MEMLORA_CORE_API char* memlora_core_version(void);
 
 /* Opens the bundle directory `bundle_dir`: its manifest, and when `verify` is non-zero every file's sha256 and no
@@ -59,14 +59,19 @@ MEMLORA_CORE_API int memlora_core_trace_to(memlora_core* core, const char* path,
  *            "prefill_tokens_per_second", "decode_tokens_per_second"} */
 MEMLORA_CORE_API char* memlora_core_generate(memlora_core* core, const char* request_json, char** error);
 
-/* The memory pipeline over a SQLite store (memlora/store.py's semantics). Declared for the apps; until the core
- * has its prompt builder, embedder and the pipeline over its parser and store, these fail with "<function>: not
- * implemented in this core yet (...)".
- *   ingest:   {"store": path, "turns": [{"speaker", "text", "date"}, ...]} or {"store": path, "file": path of
- *             JSONL turns or a LoCoMo conversation, "sessions": "1-2" (optional)}
- *             -> {"exchanges", "skipped", "added", "updated", "deleted", "malformed"}
- *   ask:      {"store": path, "question": text} -> {"answer", "memories": [...], "adapter", "decode_tokens_per_second"}
- *   memories: {"store": path, "history": bool} -> {"memories": [{"id", "text", "date", "history": [...]}, ...]} */
+/* The memory pipeline over a SQLite store (memlora/store.py's file and semantics: one transaction per exchange,
+ * resumable, a second writer waits for the first), as `memlora ingest`, `memlora ask` and `memlora memories` run it.
+ * Generations append to the trace file memlora_core_trace_to set.
+ *   ingest:   {"store": path, "file": path of JSONL turns or a LoCoMo conversation, "sessions": "1-2" (optional),
+ *             "window": turns per exchange (default 4)} or {"store": path, "id": conversation id (default "app"),
+ *             "turns": [{"speaker", "text", "date", "turn_id" (optional; default T<n> within its date)}, ...]}
+ *             -> {"store", "exchanges": [{"key", "status", "facts", "events": [{"event", "id"}], "error",
+ *             "turn_ids"}], "statuses": {status: count}, "memories": count}; status is applied, no_facts,
+ *             done_before, malformed or too_long (the last two recorded in the store, never applied)
+ *   ask:      {"store": path, "question": text} -> {"answer", "memories": [{"id", "text", "date", "score"}],
+ *             "adapter", "prompt_tokens", "decode_steps", "prefill_tokens_per_second", "decode_tokens_per_second"}
+ *   memories: {"store": path, "history": bool} -> {"memories": [{"id", "text", "date"}], "history": [{"seq",
+ *             "memory_id", "event", "old_text", "new_text", "date", "turn_ids", "exchange"}] or null, "exchanges"} */
 MEMLORA_CORE_API char* memlora_core_ingest(memlora_core* core, const char* request_json, char** error);
 MEMLORA_CORE_API char* memlora_core_ask(memlora_core* core, const char* request_json, char** error);
 MEMLORA_CORE_API char* memlora_core_memories(memlora_core* core, const char* request_json, char** error);

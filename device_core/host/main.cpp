@@ -22,6 +22,13 @@
 //                                                 of the bundle's retrieval embedder) per line out
 //   memlora-core embed-tokenize (--bundle B | --tokenizer FILE --truncation N)   JSONL of strings in, JSONL of
 //                                                 the embedder tokenizer's id lists out (special tokens added)
+//   memlora-core prompt --bundle B --op OP      JSONL of prompt inputs in ({"turns"}, {"facts", "memories"} or
+//                                                 {"question", "memories"}), the prompt's token ids out
+//   memlora-core ingest FILE --bundle B --store S [--sessions 1-3] [--window N] [--trace FILE] [--json FILE]
+//                                                 the memory pipeline over a conversation (JSONL turns or
+//                                                 LoCoMo JSON), as `memlora ingest` runs it; resumable
+//   memlora-core ask QUESTION --bundle B --store S [--show-memories] [--trace FILE] [--json FILE]
+//   memlora-core memories --store S [--history]   the store as JSON (memories, history, exchanges)
 //
 // Errors are one line on stderr, "error: <file>: <problem>", with exit code 2 (as the memlora CLI).
 #include <algorithm>
@@ -29,6 +36,7 @@
 #include <cstdio>
 #include <fstream>
 #include <iostream>
+#include <map>
 #include <optional>
 #include <set>
 #include <string>
@@ -38,12 +46,15 @@
 #include "../src/bundle.h"
 #include "../src/conversation.h"
 #include "../src/embedder.h"
+#include "../src/engine.h"
 #include "../src/error.h"
 #include "../src/executorch_backend.h"
 #include "../src/generate.h"
 #include "../src/json_view.h"
 #include "../src/parse.h"
+#include "../src/prompts.h"
 #include "../src/py_text.h"
+#include "../src/results_json.h"
 #include "../src/selftest.h"
 #include "../src/sha256.h"
 #include "../src/store.h"
@@ -54,7 +65,7 @@ using namespace memlora;
 
 namespace {
 
-const char* USAGE = "usage: memlora-core version|sha256|verify|tokenize|detokenize|selftest|generate|parse|store|plan|embed|embed-tokenize ... (see device_core/README.md)";
+const char* USAGE = "usage: memlora-core version|sha256|verify|tokenize|detokenize|selftest|generate|parse|store|plan|embed|embed-tokenize|prompt|ingest|ask|memories ... (see device_core/README.md)";
 
 Tokenizer bundle_tokenizer(const Bundle& bundle) {
   return Tokenizer::from_file(bundle.file(bundle.manifest.tokenizer_dir + "/tokenizer.json"));
@@ -76,8 +87,6 @@ std::string fixed(double v, int decimals) {
   std::snprintf(buffer, sizeof buffer, "%.*f", decimals, v);
   return buffer;
 }
-
-double per_second(int count, double seconds) { return seconds > 0 ? count / seconds : 0.0; }
 
 int run_selftest(const Args& args) {
   const Bundle bundle = load_bundle(args.required("bundle"));
@@ -235,36 +244,11 @@ std::vector<float> floats(const JsonView& v) {
   return out;
 }
 
-Json optional_json(const std::optional<std::string>& v) { return v ? Json(*v) : Json(nullptr); }
-
-Json memories_json(const std::vector<StoredMemory>& memories, bool scores) {
-  Json out = Json::array();
-  for (const StoredMemory& m : memories) {
-    out.push_back({{"id", m.id}, {"text", m.text}, {"date", m.date}});
-    if (scores) out.back()["score"] = double(m.score);
-  }
-  return out;
-}
-
-Json dump_store(MemoryStore& store) {
-  Json history = Json::array(), exchanges = Json::array();
-  for (const HistoryRow& h : store.history()) {
-    history.push_back({{"seq", h.seq}, {"memory_id", h.memory_id}, {"event", h.event}, {"old_text", optional_json(h.old_text)},
-                       {"new_text", optional_json(h.new_text)}, {"date", h.date}, {"turn_ids", h.turn_ids}, {"exchange", h.exchange}});
-  }
-  for (const ExchangeRow& x : store.exchanges()) {
-    exchanges.push_back({{"key", x.key}, {"status", x.status}, {"turn_ids", x.turn_ids}, {"facts", optional_json(x.facts)},
-                         {"failed_op", optional_json(x.failed_op)}, {"raw_output", optional_json(x.raw_output)},
-                         {"error", optional_json(x.error)}});
-  }
-  return {{"memories", memories_json(store.memories(), false)}, {"history", history}, {"exchanges", exchanges}};
-}
-
 // One store call: {"call": "apply"|"skip"|"done"|"search"|"dump", ...the arguments of store.py's method}.
 Json store_call(MemoryStore& store, const Json& call, const std::string& where) {
   const JsonView v(call, where);
   const std::string name = v.at("call").string();
-  if (name == "dump") return dump_store(store);
+  if (name == "dump") return store_json(store, true);
   if (name == "search") return memories_json(store.search(floats(v.at("query")), int(v.at("k").integer())), true);
   const std::string key = v.at("key").string();
   if (name == "done") return store.is_done(key);
@@ -340,6 +324,89 @@ int run_embed(const Args& args, bool vectors) {
   return per_line([&](const std::string& text) { return Json(embedder.embed({text}).front()); });
 }
 
+// One prompt per input line, as the pipeline builds it: {"turns": [{"speaker", "text", "date"}]} (extract),
+// {"facts": [...], "memories": [...]} (mem_update) or {"question", "memories"} (answer); prints its token ids.
+int run_prompt(const Args& args) {
+  const Bundle bundle = load_bundle(args.required("bundle"));
+  const PromptBuilder prompts(bundle);
+  const Tokenizer tokenizer = bundle_tokenizer(bundle);
+  const std::string op = args.required("op");
+  std::string line;
+  for (int n = 1; std::getline(std::cin, line); ++n) {
+    const std::string where = "stdin:" + std::to_string(n);
+    const Json value = parse_json(line, where);
+    const JsonView v(value, where);
+    std::vector<StoredMemory> memories;
+    if (v.has("memories")) {
+      for (const JsonView& m : v.at("memories").items()) memories.push_back({m.at("id").string(), m.at("text").string(), m.at("date").string()});
+    }
+    std::string text;
+    if (op == "extract") {
+      std::vector<Turn> turns;
+      for (const JsonView& t : v.at("turns").items()) turns.push_back({t.at("speaker").string(), t.at("text").string(), t.at("date").string(), ""});
+      text = prompts.extract(turns);
+    } else if (op == "mem_update") {
+      text = prompts.update(v.at("facts").strings(), memories);
+    } else if (op == "answer") {
+      text = prompts.answer(v.at("question").string(), memories);
+    } else {
+      throw Error("prompt: unknown --op '" + op + "' (extract, mem_update or answer)");
+    }
+    std::cout << Json(tokenizer.encode(text)).dump() << "\n";
+  }
+  return 0;
+}
+
+// The pipeline's commands need --store: where the default store lives is the Python CLI's choice, not the device's.
+int run_ingest(const Args& args) {
+  if (args.positional.size() != 1) throw Error("ingest: pass one conversation FILE (JSONL turns or LoCoMo JSON)");
+  const std::string& file = args.positional[0];
+  std::optional<std::string> sessions;
+  if (args.has("sessions")) sessions = args.options.at("sessions");  // "" too: parse_range refuses it
+  const int window = args.has("window") ? non_negative(args.required("window"), "ingest: --window") : 4;
+  const std::vector<Exchange> todo = plan(load_conversation(file), sessions, window);  // bad input fails first
+  MemoryStore store(args.required("store"));
+  Engine engine(args.required("bundle"), true);
+  if (args.has("trace")) engine.trace = args.required("trace");
+  const std::vector<ExchangeResult> results = engine.ingest(store, todo);
+  std::map<std::string, int> counts;
+  for (const ExchangeResult& r : results) {
+    ++counts[r.status];
+    if (const auto why = skipped_reason(r.status)) {
+      std::cerr << "warning: " << file << ": turns " << r.turn_ids.front() << ".." << r.turn_ids.back() << " skipped ("
+                << *why << "): " << r.error << "\n";
+    }
+  }
+  if (args.has("json")) write_json(args.required("json"), ingest_json(store, results));
+  std::string summary;
+  for (const auto& [status, n] : counts) summary += (summary.empty() ? "" : ", ") + std::to_string(n) + " " + status;
+  std::cout << "exchanges: " << (summary.empty() ? "none" : summary) << "; " << store.memories().size()
+            << " memories in " << store.path << "\n";
+  return 0;
+}
+
+int run_ask(const Args& args) {
+  if (args.positional.size() != 1) throw Error("ask: pass one QUESTION");
+  MemoryStore store(args.required("store"), true);
+  Engine engine(args.required("bundle"), true);
+  if (args.has("trace")) engine.trace = args.required("trace");
+  const Answer answer = engine.pipeline(store).answer(args.positional[0]);
+  if (args.has("json")) write_json(args.required("json"), answer_json(answer));
+  if (args.has("show-memories")) {
+    for (const StoredMemory& m : answer.memories) {
+      std::cout << fixed(m.score, 2) << " " << m.id << " (" << m.date << ") " << m.text << "\n";
+    }
+  }
+  std::cout << answer.text << "\n";
+  return 0;
+}
+
+int run_memories(const Args& args) {
+  MemoryStore store(args.required("store"), true);
+  std::cout << store_json(store, args.has("history")).dump(1) << "\n";
+  return 0;
+}
+
 int run(const Args& args) {
   if (args.command == "version") {
     std::cout << Json{{"bundle_schema", BUNDLE_SCHEMA}}.dump() << "\n";
@@ -363,6 +430,10 @@ int run(const Args& args) {
   if (args.command == "plan") return run_plan(args);
   if (args.command == "embed") return run_embed(args, true);
   if (args.command == "embed-tokenize") return run_embed(args, false);
+  if (args.command == "prompt") return run_prompt(args);
+  if (args.command == "ingest") return run_ingest(args);
+  if (args.command == "ask") return run_ask(args);
+  if (args.command == "memories") return run_memories(args);
   throw Error("unknown command '" + args.command + "'; " + USAGE);
 }
 
@@ -370,7 +441,7 @@ int run(const Args& args) {
 
 int main(int argc, char** argv) {
   try {
-    return run(parse_args(argc, argv, {"skip-special", "read-only"}, USAGE));
+    return run(parse_args(argc, argv, {"skip-special", "read-only", "show-memories", "history"}, USAGE));
   } catch (const Error& e) {
     std::cerr << "error: " << e.what() << "\n";
     return 2;

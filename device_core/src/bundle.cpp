@@ -77,6 +77,14 @@ Manifest typed(const Json& doc, const std::string& source) {
   for (const auto& [op, t] : root.at("prompts").at("templates").members()) {
     m.prompts[op] = PromptTemplate{t.at("system").string(), t.at("user").string()};
   }
+  if (root.at("prompts").has("chat")) {
+    JsonView chat = root.at("prompts").at("chat");
+    m.chat = ChatFormat{chat.at("before_system").string(), chat.at("between").string(), chat.at("after_user").string()};
+  }
+  if (root.at("prompts").has("retrieval")) {
+    JsonView r = root.at("prompts").at("retrieval");
+    m.retrieval = Retrieval{int(r.at("top_k").integer()), int(r.at("answer_k").integer()), int(r.at("max_shown").integer())};
+  }
   JsonView gen = root.at("generation");
   if (gen.at("decoding").string() != "greedy") gen.at("decoding").fail("'greedy' was expected");
   m.trace_top_k = static_cast<int>(gen.at("trace_top_k").integer());

@@ -44,6 +44,21 @@ struct PromptTemplate {
   std::string user;
 };
 
+// The model's chat template as literal text (manifest prompts.chat, export/chat_format.py): a prompt is
+// before_system + system message + between + user message + after_user.
+struct ChatFormat {
+  std::string before_system;
+  std::string between;
+  std::string after_user;
+};
+
+// How many memories the pipeline retrieves (manifest prompts.retrieval, memlora/pipeline.py's settings).
+struct Retrieval {
+  int top_k = 0;      // per fact, for an update
+  int answer_k = 0;   // for a question
+  int max_shown = 0;  // most memories one update prompt shows
+};
+
 // The ExecuTorch target entry (export/executorch_export.py export_target).
 struct ExecuTorchTarget {
   std::string mode;                                  // "merged" | "separable"
@@ -63,6 +78,8 @@ struct Manifest {
   ModelFacts model;
   std::string tokenizer_dir;
   std::map<std::string, PromptTemplate> prompts;
+  std::optional<ChatFormat> chat;       // absent in bundles of memlora 0.4.0
+  std::optional<Retrieval> retrieval;   // likewise
   int trace_top_k = 0;
   std::map<std::string, Operation> operations;
   std::map<std::string, std::string> target_modes;  // every target's mode, by target name

@@ -30,14 +30,14 @@ Generation generate(Backend& backend, const Tokenizer& tokenizer, const std::vec
                     const std::string& op, const Constraint* constraint) {
   const int budget = std::min(config.max_new_tokens, backend.max_context() - int(prompt_ids.size()));
   if (budget <= 0) {
-    throw Error("prompt of " + std::to_string(prompt_ids.size()) + " tokens leaves no room in a context of " +
+    throw PromptTooLong("prompt of " + std::to_string(prompt_ids.size()) + " tokens leaves no room in a context of " +
                 std::to_string(backend.max_context()));
   }
   int state = 0;
   if (constraint) {
     if (eos_ids.empty()) throw Error("constraint " + constraint->name() + ": no eos id to end the output with");
     if (constraint->needs(state) > budget) {
-      throw Error("prompt of " + std::to_string(prompt_ids.size()) + " tokens leaves " + std::to_string(budget) +
+      throw PromptTooLong("prompt of " + std::to_string(prompt_ids.size()) + " tokens leaves " + std::to_string(budget) +
                   " in a context of " + std::to_string(backend.max_context()) + "; the shortest " + constraint->name() +
                   " output takes " + std::to_string(constraint->needs(state)));
     }

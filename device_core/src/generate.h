@@ -11,10 +11,18 @@
 
 #include "backend.h"
 #include "constrain.h"
+#include "error.h"
 #include "tokenizer.h"
 #include "trace.h"
 
 namespace memlora {
+
+// The prompt leaves no room to generate (memlora/generate.py's PromptTooLong): the input, not the model, is at
+// fault, so the pipeline records the exchange as too long and moves on.
+class PromptTooLong : public Error {
+ public:
+  using Error::Error;
+};
 
 struct GenerationConfig {
   int max_new_tokens = 256;
@@ -29,8 +37,8 @@ struct Generation {
   int decode_steps = 0;        // forward passes after the prompt's
 };
 
-// Greedy-decode from `prompt_ids` with `adapter` active (under `constraint` unless null); Error "prompt of N
-// tokens leaves ..." when nothing, or not the shortest constrained output, can be generated.
+// Greedy-decode from `prompt_ids` with `adapter` active (under `constraint` unless null); PromptTooLong "prompt
+// of N tokens leaves ..." when nothing, or not the shortest constrained output, can be generated.
 Generation generate(Backend& backend, const Tokenizer& tokenizer, const std::vector<int>& prompt_ids,
                     const AdapterName& adapter, const GenerationConfig& config, const std::set<int>& eos_ids,
                     const std::string& op, const Constraint* constraint = nullptr);

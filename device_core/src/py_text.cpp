@@ -103,11 +103,11 @@ std::u32string py_repr(const std::u32string& text) {
   return out + quote;
 }
 
-std::string json_quote(const std::u32string& text) {
+std::string json_quote(const std::u32string& text, bool ensure_ascii) {
   std::u32string out = U"\"";
   for (char32_t c : text) {
     if (append_short_escape(out, c, U'"', U"tnrbf")) continue;
-    if (c >= 0x20 && c < 0x7F) {
+    if (c >= 0x20 && (c < 0x7F || !ensure_ascii)) {
       out += c;
     } else if (c < 0x10000) {
       append_escape(out, "\\u%04x", c);

@@ -18,6 +18,8 @@ std::u32string py_first_line(const std::u32string& text);  // text.splitlines()[
 std::vector<std::u32string> py_splitlines(const std::u32string& text);  // text.splitlines()
 std::u32string py_repr(const std::u32string& text);        // repr(text)
 std::u32string ascii_u32(std::string_view ascii);
-std::string json_quote(const std::u32string& text);  // json.dumps(text)
+// json.dumps(text), or json.dumps(text, ensure_ascii=False) (only the quote, the backslash and control
+// characters escaped) as the prompts write facts and memories
+std::string json_quote(const std::u32string& text, bool ensure_ascii = true);
 
 }  // namespace memlora
