@@ -30,6 +30,9 @@ struct memlora_core {
   Engine engine;
 
   memlora_core(const std::string& dir, bool verify) : engine(dir, verify) {}
+  memlora_core(const std::string& dir, bool verify, const std::string& target, ForwardFn forward, EmbedFn embed,
+               void* context)
+      : engine(dir, verify, target, forward, embed, context) {}
 };
 
 namespace {
@@ -90,7 +93,7 @@ Json generate(memlora_core& core, const Json& value) {
   const auto& eos = core.engine.bundle.manifest.model.special.eos_ids;
   const std::set<int> eos_ids(eos.begin(), eos.end());
   const Generation g =
-      memlora::generate(core.engine.backend, core.engine.tokenizer, prompt, settings.adapter, config, eos_ids, op, &constraint);
+      memlora::generate(core.engine.backend(), core.engine.tokenizer, prompt, settings.adapter, config, eos_ids, op, &constraint);
   if (!core.engine.trace.empty()) append_trace(core.engine.trace, g.record);
   return Json{{"op", op}, {"adapter", adapter_json(settings.adapter)}, {"text", g.record.text},
               {"output_ids", g.record.output_ids}, {"stop_reason", g.record.stop_reason},
@@ -105,9 +108,9 @@ Json info(const memlora_core& core) {
   for (const auto& [op, settings] : m.operations) {
     operations[op] = Json{{"adapter", adapter_json(settings.adapter)}, {"max_new_tokens", settings.max_new_tokens}};
   }
-  return Json{{"bundle", core.engine.bundle.path}, {"model", m.model.name}, {"backend", core.engine.backend.name()},
-              {"adapters", core.engine.backend.adapters()}, {"operations", operations},
-              {"max_context", core.engine.backend.max_context()}, {"vocab", core.engine.backend.vocab()},
+  return Json{{"bundle", core.engine.bundle.path}, {"model", m.model.name}, {"backend", core.engine.backend().name()},
+              {"adapters", core.engine.backend().adapters()}, {"operations", operations},
+              {"max_context", core.engine.backend().max_context()}, {"vocab", core.engine.backend().vocab()},
               {"trace", core.engine.trace.empty() ? Json(nullptr) : Json(core.engine.trace)}};
 }
 
@@ -168,6 +171,15 @@ memlora_core* memlora_core_open(const char* bundle_dir, int verify, char** error
   });
 }
 
+memlora_core* memlora_core_open_with(const char* bundle_dir, int verify, const char* target, memlora_forward_fn forward,
+                                     memlora_embed_fn embed, void* context, char** error) {
+  return guarded<memlora_core*>(error, nullptr, [&] {
+    if (bundle_dir == nullptr) throw Error("memlora_core_open_with: the bundle path is NULL");
+    if (target == nullptr) throw Error("memlora_core_open_with: the target is NULL");
+    return new memlora_core(bundle_dir, verify != 0, target, forward, embed, context);
+  });
+}
+
 void memlora_core_close(memlora_core* core) { delete core; }
 
 void memlora_core_free(char* text) { std::free(text); }
@@ -179,7 +191,7 @@ char* memlora_core_info(memlora_core* core, char** error) {
 char* memlora_core_selftest(memlora_core* core, char** error) {
   return guarded<char*>(error, nullptr, [&] {
     memlora_core& c = need(core);
-    return copy(selftest(c.engine.bundle, c.engine.backend, c.engine.tokenizer).to_json().dump());
+    return copy(selftest(c.engine.bundle, c.engine.backend(), c.engine.tokenizer).to_json().dump());
   });
 }
 

@@ -12,6 +12,8 @@
 #ifndef MEMLORA_CORE_H
 #define MEMLORA_CORE_H
 
+#include <stdint.h>
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -31,6 +33,27 @@ MEMLORA_CORE_API char* memlora_core_version(void);
  * unlisted file (what `memlora-core verify` checks); then its tokenizer and its ExecuTorch target, every method
  * loaded. NULL and *error on any problem. */
 MEMLORA_CORE_API memlora_core* memlora_core_open(const char* bundle_dir, int verify, char** error);
+
+/* A runtime the app drives itself (Core ML on iOS: the bundle's stateful multifunction package, one function per
+ * adapter; or ONNX Runtime) runs the decoder, while the core keeps the rest: prompts, the decode loop and its
+ * constraints, parsing, retrieval and the store.
+ * forward: runs `count` tokens at positions start .. start+count-1 with `adapter` active (NULL: the base model)
+ *          and writes the last position's `vocab` logits; the app keeps the KV cache: a call at start 0 begins a
+ *          sequence, a later one continues it (the core checks this contract before it calls).
+ * embed:   one text's `count` WordPiece ids (special tokens added, attention mask all ones) to the `dim` floats of
+ *          its unit vector, through the bundle's embedder of `target`.
+ * Each returns 0, or non-zero with a one-line message (NUL-terminated, at most message_size bytes) in `message`,
+ * which the core's error then quotes. */
+typedef int (*memlora_forward_fn)(void* context, const int32_t* tokens, int32_t count, int32_t start,
+                                  const char* adapter, float* logits, int32_t vocab, char* message, int32_t message_size);
+typedef int (*memlora_embed_fn)(void* context, const int64_t* ids, int32_t count, float* vector, int32_t dim,
+                                char* message, int32_t message_size);
+
+/* Opens the bundle directory as memlora_core_open does, for `target` (a name in its manifest's targets) with the
+ * app's forward pass; `embed` NULL: the core runs the bundle's ExecuTorch embedder. `context` is passed to both. */
+MEMLORA_CORE_API memlora_core* memlora_core_open_with(const char* bundle_dir, int verify, const char* target,
+                                                      memlora_forward_fn forward, memlora_embed_fn embed, void* context,
+                                                      char** error);
 
 MEMLORA_CORE_API void memlora_core_close(memlora_core* core);
 

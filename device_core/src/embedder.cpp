@@ -3,6 +3,7 @@
 #include <executorch/extension/module/module.h>
 #include <executorch/extension/tensor/tensor_ptr.h>
 
+#include "callback_backend.h"
 #include "error.h"
 #include "et_log.h"
 #include "llm_custom_ops.h"
@@ -18,17 +19,17 @@ namespace {
 constexpr const char* TARGET = "executorch";
 constexpr const char* METHOD = "forward";
 
-// The manifest's embedder section, which must have an executorch target (open_section's check and message).
-JsonView section(const Bundle& bundle) {
+// The manifest's embedder section, which must have `target` (open_section's check and message).
+JsonView section(const Bundle& bundle, const std::string& target) {
   const Json& doc = bundle.manifest.document;
   const JsonView root(doc, bundle.file(MANIFEST) + ": manifest does not match manifest.schema.json");
   const bool has = root.has("embedder") && !root.at("embedder").is_null();
-  if (has && root.at("embedder").at("targets").has(TARGET)) return root.at("embedder");
+  if (has && root.at("embedder").at("targets").has(target)) return root.at("embedder");
   std::string names;
   if (has) {
     for (const auto& [name, _] : root.at("embedder").at("targets").members()) names += (names.empty() ? "" : ", ") + name;
   }
-  throw Error(bundle.file(MANIFEST) + ": no " + TARGET + " embedder (has: " + (has ? names : "none") +
+  throw Error(bundle.file(MANIFEST) + ": no " + target + " embedder (has: " + (has ? names : "none") +
               "); export the bundle without --no-embedder");
 }
 
@@ -46,15 +47,7 @@ executorch::extension::TensorPtr input(const std::vector<int64_t>& values) {
 
 }  // namespace
 
-TextEmbedder::TextEmbedder(const Bundle& bundle) : TextEmbedder(bundle, section(bundle)) {}
-
-TextEmbedder::TextEmbedder(const Bundle& bundle, const JsonView& s) : tokenizer_(read_tokenizer(bundle, s)) {
-  const JsonView entry = s.at("targets").at(TARGET);
-  program_ = bundle.file(entry.at("file").string());
-  dim_ = int(s.at("dim").integer());
-  const std::string dtype = entry.at("input_dtype").string();
-  if (dtype != "int64" && dtype != "int32") entry.at("input_dtype").fail("'" + dtype + "' is not int32 or int64");
-  int32_inputs_ = dtype == "int32";
+TextEmbedder::TextEmbedder(const Bundle& bundle) : TextEmbedder(bundle, section(bundle, TARGET), TARGET) {
   // as ExecuTorchBackend: the custom ops' Python extension registers a log of its own, so it loads first
   load_llm_custom_ops();
   capture_executorch_log();
@@ -63,6 +56,23 @@ TextEmbedder::TextEmbedder(const Bundle& bundle, const JsonView& s) : tokenizer_
   if (loaded != executorch::runtime::Error::Ok) {
     throw Error(program_ + ": ExecuTorch cannot load this embedder (" + executorch_why(loaded) + ")");
   }
+}
+
+TextEmbedder::TextEmbedder(const Bundle& bundle, const std::string& target, EmbedFn embed, void* context)
+    : TextEmbedder(bundle, section(bundle, target), target) {
+  if (embed == nullptr) throw Error("memlora_core_open_with: no embed function for target " + target);
+  app_ = embed;
+  app_context_ = context;
+}
+
+TextEmbedder::TextEmbedder(const Bundle& bundle, const JsonView& s, const std::string& target)
+    : tokenizer_(read_tokenizer(bundle, s)), target_(target) {
+  const JsonView entry = s.at("targets").at(target);
+  program_ = bundle.file(entry.at("file").string());
+  dim_ = int(s.at("dim").integer());
+  const std::string dtype = entry.at("input_dtype").string();
+  if (dtype != "int64" && dtype != "int32") entry.at("input_dtype").fail("'" + dtype + "' is not int32 or int64");
+  int32_inputs_ = dtype == "int32";
 }
 
 TextEmbedder::~TextEmbedder() = default;
@@ -75,6 +85,19 @@ std::vector<int64_t> TextEmbedder::tokenize(const std::string& text) const {
 
 std::vector<float> TextEmbedder::embed_one(const std::string& text) {
   const std::vector<int64_t> ids = tokenize(text);
+  return app_ ? run_app(ids) : run_program(ids);
+}
+
+std::vector<float> TextEmbedder::run_app(const std::vector<int64_t>& ids) {
+  std::vector<float> vector(static_cast<size_t>(dim_));
+  std::vector<char> message(512, '\0');
+  const int code = app_(app_context_, ids.data(), int32_t(ids.size()), vector.data(), dim_, message.data(),
+                        int32_t(message.size()));
+  if (code != 0) throw Error(callback_failure(program_ + ": the app's " + target_ + " embedder", code, message));
+  return vector;
+}
+
+std::vector<float> TextEmbedder::run_program(const std::vector<int64_t>& ids) {
   const std::vector<int64_t> mask(ids.size(), 1);  // one text: nothing padded
   const auto id_tensor = int32_inputs_ ? input<int32_t>(ids) : input<int64_t>(ids);
   const auto mask_tensor = int32_inputs_ ? input<int32_t>(mask) : input<int64_t>(mask);
