@@ -27,6 +27,7 @@ struct BundleScreen: View {
     @State private var picking = false
 
     var body: some View {
+        Toggle("Decode with Core ML (the bundle's coreml target)", isOn: $state.useCoreML)
         Button("Choose a bundle folder (copied into the app)") { picking = true }
             .fileImporter(isPresented: $picking, allowedContentTypes: [.folder]) { result in
                 if case .success(let folder) = result { state.importBundle(from: folder) }

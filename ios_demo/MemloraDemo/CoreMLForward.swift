@@ -7,7 +7,8 @@ import Foundation
 ///   state   the KV cache of every layer, written at rows S - T ..< S
 ///   output  logits [1, T, vocab] fp16
 /// It is the only part of the pipeline Swift computes: tokenizing, prompts, the decode loop, parsing, the store
-/// and traces stay in the core, which will call `forward` through the C API's forward callback (README.md).
+/// and traces stay in the core, which calls `forward` through the C API's forward callback
+/// (`memlora_core_open_with`, DemoState.openCoreML).
 final class CoreMLForward {
     private let package: URL
     private var models: [String: MLModel] = [:]

@@ -1,3 +1,4 @@
+import CoreML
 import Foundation
 
 /// The open bundle, its store and trace files, and the last result or error line the screens show. Core calls
@@ -7,6 +8,9 @@ final class DemoState: ObservableObject {
     @Published var status = "no bundle open"
     @Published var output = ""
     @Published private(set) var core: MemloraBridge?
+    /// Decode with the bundle's Core ML package (CoreMLForward through the core's forward callback) instead of
+    /// its ExecuTorch programs; retrieval stays on the core's ExecuTorch embedder either way.
+    @Published var useCoreML = false
 
     private let queue = DispatchQueue(label: "org.memlora.core")
     private let documents = FileManager.default.urls(for: .documentDirectory, in: .userDomainMask)[0]
@@ -18,6 +22,7 @@ final class DemoState: ObservableObject {
     func importBundle(from folder: URL) {
         status = "copying \(folder.lastPathComponent)…"
         let target = documents.appendingPathComponent("bundles/\(folder.lastPathComponent)")
+        let coreML = useCoreML
         queue.async {
             let result: Result<MemloraBridge, Error> = Result {
                 let accessing = folder.startAccessingSecurityScopedResource()
@@ -25,9 +30,30 @@ final class DemoState: ObservableObject {
                 try? FileManager.default.removeItem(at: target)
                 try FileManager.default.createDirectory(at: target.deletingLastPathComponent(), withIntermediateDirectories: true)
                 try FileManager.default.copyItem(at: folder, to: target)
-                return try MemloraBridge(bundle: target.path, verify: true)
+                return try coreML ? Self.openCoreML(target) : MemloraBridge(bundle: target.path, verify: true)
             }
             DispatchQueue.main.async { self.opened(result, name: folder.lastPathComponent) }
+        }
+    }
+
+    /// The bundle with Core ML decoding: its package (manifest targets.coreml.graphs.base) compiled on the device.
+    nonisolated private static func openCoreML(_ bundle: URL) throws -> MemloraBridge {
+        let manifest = try JSONSerialization.jsonObject(with: Data(contentsOf: bundle.appendingPathComponent("manifest.json")))
+        guard let graphs = ((manifest as? [String: Any])?["targets"] as? [String: Any])?["coreml"] as? [String: Any],
+              let package = (graphs["graphs"] as? [String: String])?["base"] else {
+            throw NSError(domain: "org.memlora.demo", code: 1, userInfo: [NSLocalizedDescriptionKey:
+                "\(bundle.appendingPathComponent("manifest.json").path): no coreml target; export with --target coreml,executorch"])
+        }
+        let model = CoreMLForward(compiled: try MLModel.compileModel(at: bundle.appendingPathComponent(package)))
+        return try MemloraBridge(bundle: bundle.path, verify: true, target: "coreml") { tokens, start, adapter, failure in
+            do {
+                let ids = tokens.withUnsafeBytes { Array($0.bindMemory(to: Int32.self)) }
+                let logits = try model.forward(tokens: ids, start: start, adapter: adapter)
+                return logits.withUnsafeBufferPointer { Data(buffer: $0) }
+            } catch {
+                failure.pointee = error.localizedDescription as NSString
+                return nil
+            }
         }
     }
 

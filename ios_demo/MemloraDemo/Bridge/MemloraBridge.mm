@@ -23,8 +23,28 @@ static NSString* _Nullable take(char* out, char* message, NSError** error) {
   return text;
 }
 
+// memlora_forward_fn over the Swift block passed as `context`.
+static int forward_trampoline(void* context, const int32_t* tokens, int32_t count, int32_t start, const char* adapter,
+                              float* logits, int32_t vocab, char* message, int32_t message_size) {
+  @autoreleasepool {
+    MemloraForward forward = (__bridge MemloraForward)context;
+    NSString* failure = nil;
+    NSData* out = forward([NSData dataWithBytes:tokens length:sizeof(int32_t) * count], start,
+                          adapter != nullptr ? @(adapter) : nil, &failure);
+    if (out == nil || out.length != sizeof(float) * vocab) {
+      NSString* why = failure ?: [NSString stringWithFormat:@"returned %lu bytes of logits for a vocabulary of %d",
+                                                            (unsigned long)out.length, vocab];
+      snprintf(message, message_size, "%s", why.UTF8String);
+      return 1;
+    }
+    memcpy(logits, out.bytes, out.length);
+    return 0;
+  }
+}
+
 @implementation MemloraBridge {
   memlora_core* _core;
+  MemloraForward _forward;  // held for as long as the core may call it
 }
 
 + (NSString*)version {
@@ -35,6 +55,24 @@ static NSString* _Nullable take(char* out, char* message, NSError** error) {
   if ((self = [super init])) {
     char* message = nullptr;
     _core = memlora_core_open(path.fileSystemRepresentation, verify ? 1 : 0, &message);
+    if (_core == nullptr) {
+      fail(message, error);
+      return nil;
+    }
+  }
+  return self;
+}
+
+- (instancetype)initWithBundle:(NSString*)path
+                        verify:(BOOL)verify
+                        target:(NSString*)target
+                       forward:(MemloraForward)forward
+                         error:(NSError**)error {
+  if ((self = [super init])) {
+    _forward = [forward copy];
+    char* message = nullptr;
+    _core = memlora_core_open_with(path.fileSystemRepresentation, verify ? 1 : 0, target.UTF8String, forward_trampoline,
+                                   nullptr, (__bridge void*)_forward, &message);
     if (_core == nullptr) {
       fail(message, error);
       return nil;
