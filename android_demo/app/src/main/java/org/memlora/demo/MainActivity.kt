@@ -162,7 +162,9 @@ fun IngestScreen(state: DemoState) {
     var turns by remember { mutableStateOf("Caroline: I went to a support group yesterday.\nMelanie: How was it?") }
     val pick = rememberLauncherForActivityResult(ActivityResultContracts.OpenDocument()) { uri: Uri? ->
         if (uri != null) {
-            val copy = File(context.cacheDir, "conversation.json")
+            // the core reads a .jsonl name as JSONL turns and any other as LoCoMo JSON
+            val jsonl = (uri.lastPathSegment ?: "").endsWith(".jsonl")
+            val copy = File(context.cacheDir, if (jsonl) "conversation.jsonl" else "conversation.json")
             context.contentResolver.openInputStream(uri)!!.use { input -> copy.outputStream().use { input.copyTo(it) } }
             state.run(scope, "ingest") { it.ingest(JSONObject().put("store", state.store).put("file", copy.path)) }
         }
