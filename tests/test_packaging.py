@@ -9,7 +9,8 @@ import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SOURCES = ("pyproject.toml", "README.md", "memlora", "export", "runtime_py", "scripts/build_backend.py")
+SOURCES = ("pyproject.toml", "README.md", "memlora", "export", "runtime_py", "optimum_register",
+           "scripts/build_backend.py")
 DATA = (
     "memlora/schemas/manifest.schema.json",
     "memlora/schemas/trace.schema.json",
