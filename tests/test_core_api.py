@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ctypes
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -104,22 +103,24 @@ def drive(bundle: str, tampered: str, trace: str) -> dict:
     return out
 
 
+def drive_fresh(module: str, *args) -> dict:
+    """`<module>.drive(*args)` in a fresh interpreter, its JSON result (the library is built by the `core`
+    fixture's scripts/build_core.sh)."""
+    script = f"import json, sys; from {module} import drive; print(json.dumps(drive(*sys.argv[1:])))"
+    result = subprocess.run([sys.executable, "-c", script, *map(str, args)], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
 @pytest.fixture(scope="module")
-def calls(et_bundle, tmp_path_factory):
-    """`drive` in a fresh interpreter, with the library built by scripts/build_core.sh (incremental)."""
-    built = subprocess.run([str(ROOT / "scripts" / "build_core.sh")], capture_output=True, text=True,
-                           env={**os.environ, "PYTHON": sys.executable})
-    assert built.returncode == 0, built.stderr
+def calls(core, et_bundle, tmp_path_factory):
+    """`drive` in a fresh interpreter, on the bundle and a tampered copy."""
     tmp = tmp_path_factory.mktemp("core-api")
     tampered = tmp / "tampered"
     shutil.copytree(et_bundle, tampered)
     (tampered / "golden" / "traces.jsonl").open("a").write("\n")
     trace = tmp / "device.jsonl"
-    script = "import json, sys; from tests.test_core_api import drive; print(json.dumps(drive(*sys.argv[1:])))"
-    result = subprocess.run([sys.executable, "-c", script, str(et_bundle), str(tampered), str(trace)], cwd=ROOT,
-                            capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-    return {**json.loads(result.stdout), "trace": trace, "tampered": tampered}
+    return {**drive_fresh("tests.test_core_api", et_bundle, tampered, trace), "trace": trace, "tampered": tampered}
 
 
 def golden_records(bundle: Path) -> list[dict]:

@@ -9,16 +9,13 @@ from __future__ import annotations
 
 import ctypes
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from tests import script
-from tests.test_core_api import LIBRARY, ROOT, CoreApi, error_of
+from tests.test_core_api import LIBRARY, CoreApi, drive_fresh, error_of
 
 FORWARD = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.POINTER(ctypes.c_int32), ctypes.c_int32, ctypes.c_int32,
                            ctypes.c_char_p, ctypes.POINTER(ctypes.c_float), ctypes.c_int32, ctypes.c_void_p, ctypes.c_int32)
@@ -89,16 +86,9 @@ def drive(bundle: str, store: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def app_run(onnx_bundle, tmp_path_factory):
-    built = subprocess.run([str(ROOT / "scripts" / "build_core.sh")], capture_output=True, text=True,
-                           env={**os.environ, "PYTHON": sys.executable})
-    assert built.returncode == 0, built.stderr
+def app_run(core, onnx_bundle, tmp_path_factory):
     store = tmp_path_factory.mktemp("app-runtime") / "core.sqlite"
-    code = "import json, sys; from tests.test_core_app_runtime import drive; print(json.dumps(drive(*sys.argv[1:])))"
-    result = subprocess.run([sys.executable, "-c", code, str(onnx_bundle), str(store)], cwd=ROOT, capture_output=True,
-                            text=True)
-    assert result.returncode == 0, result.stderr
-    return {**json.loads(result.stdout), "store": store}
+    return {**drive_fresh("tests.test_core_app_runtime", onnx_bundle, store), "store": store}
 
 
 def test_the_pipeline_on_the_apps_runtime_is_the_python_pipeline(app_run, onnx_bundle, tmp_path):
