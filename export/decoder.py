@@ -196,11 +196,24 @@ class LoraLinear(nn.Module):
             self.lora_b = nn.Parameter(self.lora_b.t().contiguous(), requires_grad=False)
             self.linear_layout = True
 
-    def lora(self, x: torch.Tensor) -> torch.Tensor:
-        """The low-rank branch ``(x A) B`` alone."""
+    def stack(self, a: torch.Tensor, b: torch.Tensor) -> None:
+        """Hold several adapters side by side in one slot: A ``[in, n * rank]``, B ``[n * rank, out]`` (adapter k
+        owns rank block k); a gate over the ``n * rank`` columns (`lora`) picks the active one."""
+        if self.chunks or self.linear_layout:
+            raise MemloraError("adapters are stacked into a plain projection's slot, before its linear layout")
+        self.lora_a = nn.Parameter(a.contiguous(), requires_grad=False)
+        self.lora_b = nn.Parameter(b.contiguous(), requires_grad=False)
+        self.rank = a.shape[1]
+
+    def lora(self, x: torch.Tensor, gate: torch.Tensor | None = None) -> torch.Tensor:
+        """The low-rank branch ``((x A) * gate) B`` alone; `gate` [rank] (None: all ones) zeroes the rank
+        blocks of stacked adapters that are not active."""
         if self.linear_layout:
-            return nn.functional.linear(nn.functional.linear(x, self.lora_a), self.lora_b)
+            h = nn.functional.linear(x, self.lora_a)
+            return nn.functional.linear(h if gate is None else h * gate, self.lora_b)
         h = x @ self.lora_a
+        if gate is not None:
+            h = h * gate
         if not self.chunks:
             return h @ self.lora_b
         h = h.reshape(-1, self.members, self.lora_b.shape[1])  # [N, members, r]
@@ -209,9 +222,9 @@ class LoraLinear(nn.Module):
         out = torch.matmul(h.transpose(0, 1), self.lora_b)  # [chunks, N, width]: one batched matmul
         return out.transpose(0, 1).reshape(x.shape[0], -1, self.weight.shape[0])
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, gate: torch.Tensor | None = None) -> torch.Tensor:
         y = nn.functional.linear(x, self.weight, self.bias)
-        return y + self.lora(x) if self.rank else y
+        return y + self.lora(x, gate) if self.rank else y
 
 
 class RMSNorm(nn.Module):
@@ -257,15 +270,16 @@ class Attention(nn.Module):
         self.register_buffer("k_cache", torch.zeros(shape), persistent=False)
         self.register_buffer("v_cache", torch.zeros(shape), persistent=False)
 
-    def qkv(self, x: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | None):
+    def qkv(self, x: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | None,
+            gate: torch.Tensor | None = None):
         """Projections and RoPE: q [1, T, heads, D], k/v [1, T, kv_heads, D]; no RoPE if `cos` is None
         (for attention kernels that rotate q and k themselves)."""
         b = x.shape[0]
         if hasattr(self, "qkv_proj"):  # fused by Decoder.fuse_projections
             kv = self.c.num_kv_heads * self.c.head_dim
-            q, k, v = self.qkv_proj(x).split([self.c.num_heads * self.c.head_dim, kv, kv], dim=-1)
+            q, k, v = self.qkv_proj(x, gate).split([self.c.num_heads * self.c.head_dim, kv, kv], dim=-1)
         else:
-            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+            q, k, v = self.q_proj(x, gate), self.k_proj(x, gate), self.v_proj(x, gate)
         # -1, not `t`: a reshape to a symbolic length stays outside XNNPACK delegates (ExecuTorch)
         q = q.view(b, -1, self.c.num_heads, self.c.head_dim)
         k = k.view(b, -1, self.c.num_kv_heads, self.c.head_dim)
@@ -291,12 +305,12 @@ class MLP(nn.Module):
         self.up_proj = LoraLinear(d, f, c.mlp_bias, rank["up_proj"])
         self.down_proj = LoraLinear(f, d, c.mlp_bias, rank["down_proj"])
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, lora_gate: torch.Tensor | None = None) -> torch.Tensor:
         if hasattr(self, "gate_up_proj"):  # fused by Decoder.fuse_projections
-            gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+            gate, up = self.gate_up_proj(x, lora_gate).chunk(2, dim=-1)
         else:
-            gate, up = self.gate_proj(x), self.up_proj(x)
-        return self.down_proj(nn.functional.silu(gate) * up)
+            gate, up = self.gate_proj(x, lora_gate), self.up_proj(x, lora_gate)
+        return self.down_proj(nn.functional.silu(gate) * up, lora_gate)
 
 
 def load_hf_state_dict(model_dir: Path) -> dict[str, torch.Tensor]:
@@ -327,11 +341,13 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps)
         self.mlp = MLP(c, slots)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attend, packed: bool = False):
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attend, packed: bool = False,
+                gate: torch.Tensor | None = None):
         h = self.input_layernorm(x)
-        out = attend(self.self_attn.qkv_proj(h)) if packed else attend(*self.self_attn.qkv(h, cos, sin))
-        x = x + self.self_attn.o_proj(out)
-        return x + self.mlp(self.post_attention_layernorm(x))
+        attn = self.self_attn
+        out = attend(attn.qkv_proj(h, gate)) if packed else attend(*attn.qkv(h, cos, sin, gate))
+        x = x + attn.o_proj(out, gate)
+        return x + self.mlp(self.post_attention_layernorm(x), gate)
 
 
 class Decoder(nn.Module):
@@ -443,14 +459,15 @@ class Decoder(nn.Module):
 
     def run_layers(
         self, x: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | None, attend: Attend,
-        packed: bool = False,
+        packed: bool = False, gate: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """All layers with the caller's attention; returns the last hidden state and every layer's output."""
+        """All layers with the caller's attention; returns the last hidden state and every layer's output.
+        `gate` [slot rank] scales the LoRA slots' rank columns (stacked adapters: see `LoraLinear.stack`)."""
         if packed and not hasattr(self.layers[0].self_attn, "qkv_proj"):
             raise MemloraError("run_layers(packed=True) needs fuse_projections() first")
         hidden = [x]
         for i, layer in enumerate(self.layers):
-            x = layer(x, cos, sin, lambda *qkv, i=i: attend(i, *qkv), packed)
+            x = layer(x, cos, sin, lambda *qkv, i=i: attend(i, *qkv), packed, gate)
             hidden.append(x)
         return x, hidden
 

@@ -6,9 +6,9 @@ mask or repeating KV heads -- the fast path of ExecuTorch's own LLM export. They
 ``[1, max_context, kv_heads, head_dim]``, so the module here owns its caches in that layout and plugs the
 ops into the decoder through its ``run_layers(attend=...)`` building block.
 
-Program interface (every method, ExecuTorch LLM runner convention)::
+Program interface (ExecuTorch LLM runner convention, plus a gate for stacked adapters)::
 
-    forward(tokens [1, T] int64, input_pos [1] int64 = start) -> logits [1, vocab] of the last position
+    forward(tokens [1, T] int64, input_pos [1] int64 = start[, gate [n * rank] float]) -> logits [1, vocab]
 
 ``T`` is dynamic (1 .. max_context): one method serves prefill and decode. Only the last position's
 logits come out: all positions would be a ``T x vocab`` output planned for ``T = max_context`` (400 MB
@@ -16,12 +16,18 @@ at 2048 x 49152). Constant methods give the runner its metadata (``get_max_seq_l
 ``get_eos_ids``, ``use_kv_cache``, ``get_vocab_size``, ...).
 
 Modes:
-- *separable*: ONE program ``model.pte`` with a method per adapter (``extract``, ``mem_update``, ...) and
-  ``forward`` = the base model. The methods share the KV cache (``share_mutable_buffers``) and the base
-  weights, which are written once to ``foundation.ptd`` (program-data separation); each method carries
-  only its LoRA weights. Switching adapters = calling another method: nothing is reloaded.
+- *separable*: ONE program ``model.pte`` with ONE method, ``forward``, that holds every adapter at once:
+  each LoRA slot stacks the adapters' rank blocks side by side (`memlora.export.lora.stack_adapters`) and
+  the third input, the gate, turns on the active adapter's block (zeros: the base model). Switching
+  adapters = another gate: one method means one set of XNNPACK delegates, so the base weights are packed
+  once however many adapters a session runs (a method per adapter packed its own copy of them when first
+  run), and lowering runs once. The manifest's ``gates`` give the gate width and each adapter's span. The
+  base weights are written to ``foundation.ptd`` (program-data separation), the LoRA weights stay in the
+  ``.pte``. A decode step computes the stacked low-rank branch (n x rank columns, n - 1 blocks gated to
+  zero): small next to the base matmuls at rank 8.
 - *merged*: one self-contained program per adapter (``<adapter>.pte``, LoRA folded into the weights
-  before quantization) plus ``base.pte``; each runs on its own, e.g. under ExecuTorch's LLM runner.
+  before quantization) plus ``base.pte``; each runs on its own, e.g. under ExecuTorch's LLM runner (which
+  passes two inputs, so it cannot drive a separable program).
 
 Every linear must be delegated to XNNPACK: the export fails if any linear/matmul stays portable, and
 the manifest records delegated/total nodes per method and the ops left outside delegates.
@@ -50,7 +56,7 @@ from . import executorch_quant
 from .bundle import eos_ids
 from .target import Exporter, Stage, TargetRequest
 from .decoder import Decoder, DecoderConfig, LoraLinear, RMSNorm
-from .lora import Adapter, fill_slots, unify_slots
+from .lora import Adapter, fill_slots, stack_adapters, unify_slots
 
 TARGET = "executorch"
 BASE_METHOD = "forward"
@@ -116,7 +122,7 @@ class EtDecoder(nn.Module):
             self.lm_head.weight.copy_(head)
         self.lm_head.weight.requires_grad_(False)
 
-    def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor, gate: torch.Tensor | None = None) -> torch.Tensor:
         dec = self.decoder
         t = tokens.shape[1]
         start = input_pos[0].item()
@@ -136,7 +142,7 @@ class EtDecoder(nn.Module):
             out = torch.ops.llama.custom_sdpa(rope(q), k_cache, v_cache, start, None, 0.0, True)
             return out.reshape(1, -1, out.shape[2] * out.shape[3])
 
-        x, _ = dec.run_layers(dec.embed(tokens), None, None, attend)  # RoPE in `attend`
+        x, _ = dec.run_layers(dec.embed(tokens), None, None, attend, gate=gate)  # RoPE in `attend`
         return self.lm_head(dec.norm(x[:, -1, :]))
 
 
@@ -145,28 +151,48 @@ def is_base_linear(module: nn.Module) -> bool:
     return isinstance(module, (LoraLinear, nn.Linear))
 
 
-def build_module(model_dir: Path, max_context: int, adapter: Adapter | None, slots, merge: bool,
-                 quant: str, block_size: int, embedding_int8: bool) -> EtDecoder:
-    """The decoder for one method: with `adapter` in its LoRA slots (or folded in when `merge`), quantized."""
-    decoder = Decoder.from_pretrained(model_dir, max_context, slots if adapter is not None else None)
-    if adapter is not None:
-        fill_slots(decoder, adapter)
-        if merge:
-            decoder = decoder.merged()
-        for m in decoder.lora_modules().values():
-            m.to_linear_layout()  # one XNNPACK partition per run of linears, not one per LoRA matmul
+def _finish(decoder: Decoder, quant: str, block_size: int, embedding_int8: bool) -> EtDecoder:
+    for m in decoder.lora_modules().values():
+        m.to_linear_layout()  # one XNNPACK partition per run of linears, not one per LoRA matmul
     module = EtDecoder(decoder).eval()
     executorch_quant.quantize_model(module, quant, block_size, embedding_int8, is_base_linear)
     return module
 
 
+def build_module(model_dir: Path, max_context: int, adapter: Adapter | None, slots, merge: bool,
+                 quant: str, block_size: int, embedding_int8: bool) -> EtDecoder:
+    """The decoder of one merged program: with `adapter` in its LoRA slots (or folded in when `merge`),
+    quantized."""
+    decoder = Decoder.from_pretrained(model_dir, max_context, slots if adapter is not None else None)
+    if adapter is not None:
+        fill_slots(decoder, adapter)
+        if merge:
+            decoder = decoder.merged()
+    return _finish(decoder, quant, block_size, embedding_int8)
+
+
+def build_stacked(model_dir: Path, max_context: int, adapters: dict[str, Adapter], slots, quant: str,
+                  block_size: int, embedding_int8: bool) -> tuple[EtDecoder, dict[str, tuple[int, int]]]:
+    """The decoder of a separable program: every adapter stacked in its slots behind a gate input (see
+    `memlora.export.lora.stack_adapters`), quantized; and each adapter's span of the gate."""
+    decoder = Decoder.from_pretrained(model_dir, max_context, slots)
+    spans = stack_adapters(decoder, adapters)
+    module = _finish(decoder, quant, block_size, embedding_int8)
+    module.gate_width = slots.rank * len(adapters)
+    return module, spans
+
+
 def export_program(module: EtDecoder):
-    """torch.export with a dynamic sequence length (strict: the non-strict path fails in lowering)."""
+    """torch.export with a dynamic sequence length (strict: the non-strict path fails in lowering); a stacked
+    module (`build_stacked`) takes its gate as a third input."""
     load_custom_ops()
     t = torch.export.Dim("T", min=1, max=module.max_context)
     args = (torch.zeros(1, 2, dtype=torch.int64), torch.tensor([0]))
+    width = getattr(module, "gate_width", 0)
+    if width:
+        args += (torch.zeros(width),)
     with torch.no_grad():
-        return torch.export.export(module, args, dynamic_shapes=({1: t}, None), strict=True)
+        return torch.export.export(module, args, dynamic_shapes=({1: t}, None, *[None] * bool(width)), strict=True)
 
 
 def tag_foundation(program) -> None:
@@ -222,7 +248,7 @@ def delegation(edge, method: str) -> dict:
             "delegates": info.num_delegated_subgraphs, "outside_delegates": outside}
 
 
-def lower(programs: dict, metadata: dict, separate: bool):
+def lower(programs: dict, metadata: dict, separate: bool, stage: Stage = lambda s: None):
     """XNNPACK lowering of every method together, then the ExecuTorch program (cache shared across
     methods; base weights external when `separate`). Returns (executorch program, delegation per method)."""
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
@@ -233,8 +259,10 @@ def lower(programs: dict, metadata: dict, separate: bool):
     if separate:
         for program in programs.values():
             tag_foundation(program)
+    stage("executorch: decompose, partition and lower to XNNPACK")
     edge = to_edge_transform_and_lower(programs, partitioner=[XnnpackPartitioner()], constant_methods=metadata)
     stats = {m: delegation(edge, m) for m in programs}
+    stage("executorch: memory planning and serialization")
     et = edge.to_executorch(ExecutorchBackendConfig(
         extract_delegate_segments=True,
         do_quant_fusion_and_const_prop=True,
@@ -272,22 +300,26 @@ def export_target(req: TargetRequest, bundle_dir: Path, stage: Stage = lambda s:
     programs: dict[str, str] = {}
     methods: dict[str, str] = {}
     stats: dict[str, dict] = {}
+    gates: dict = {}
     if req.mode == "separable":
-        eps = {}
-        for name, adapter in [(BASE_METHOD, None), *req.adapters.items()]:
-            stage(f"executorch: export method {name} ({req.quant})")
-            eps[name] = export_program(build(adapter, False))
-            if adapter is not None:
-                methods[name] = name
-        stage("executorch: lower to XNNPACK (all methods)")
-        et, per_method = lower(eps, metadata, separate=True)
+        stage(f"executorch: build and quantize ({req.quant}, {len(req.adapters)} adapters stacked)")
+        if req.adapters:
+            module, spans = build_stacked(req.model_dir, req.max_context, req.adapters, slots, req.quant,
+                                          req.block_size, req.embedding_int8)
+            methods = {name: BASE_METHOD for name in req.adapters}
+            gates = {"width": module.gate_width, "adapters": {name: list(span) for name, span in spans.items()}}
+        else:
+            module = build(None, False)
+        stage(f"executorch: torch.export {BASE_METHOD}")
+        et, per_method = lower({BASE_METHOD: export_program(module)}, metadata, separate=True, stage=stage)
         stats["model"] = per_method
         files += write_program(et, out_dir / "model.pte")
         programs["model"] = f"{TARGET}/model.pte"
     else:
         for name, adapter in [("base", None), *req.adapters.items()]:
-            stage(f"executorch: export and lower {name} ({req.quant})")
-            et, per_method = lower({BASE_METHOD: export_program(build(adapter, True))}, metadata, separate=False)
+            stage(f"executorch: {name}: build and torch.export ({req.quant})")
+            et, per_method = lower({BASE_METHOD: export_program(build(adapter, True))}, metadata, separate=False,
+                                   stage=lambda s, name=name: stage(s.replace("executorch:", f"executorch: {name}:")))
             stats[name] = per_method
             files += write_program(et, out_dir / f"{name}.pte")
             programs[name] = f"{TARGET}/{name}.pte"
@@ -298,6 +330,7 @@ def export_target(req: TargetRequest, bundle_dir: Path, stage: Stage = lambda s:
         "max_context": req.max_context,
         "graphs": programs,
         "methods": methods,
+        **({"gates": gates} if gates else {}),
         "data_files": {f.stem: f.relative_to(bundle_dir).as_posix() for f in data},
         "delegation": stats,
         "runner_metadata": metadata,

@@ -186,3 +186,23 @@ def fill_slots(decoder: Decoder, adapter: Adapter | None) -> None:
             modules[module].lora_a.copy_(a)
             modules[module].lora_b.copy_(b)
 
+
+
+def stack_adapters(decoder: Decoder, adapters: dict[str, Adapter]) -> dict[str, tuple[int, int]]:
+    """Hold every adapter in the decoder's slots at once, side by side (`LoraLinear.stack`), and return each
+    one's rank columns ``[start, stop)`` of the gate that selects it. One module then serves every adapter
+    with one copy of the base weights; the gate, an input, says which adapter is active (zeros: none)."""
+    per = [slot_tensors(decoder, a) for a in adapters.values()]
+    with torch.no_grad():
+        for module, lin in decoder.lora_modules().items():
+            lin.stack(torch.cat([p[module][0] for p in per], dim=1), torch.cat([p[module][1] for p in per], dim=0))
+    rank = decoder.slots.rank
+    return {name: (k * rank, (k + 1) * rank) for k, name in enumerate(adapters)}
+
+
+def gate_vector(width: int, span: tuple[int, int] | None) -> np.ndarray:
+    """The gate that turns on the rank columns `span` of a stacked slot of `width` columns (None: no adapter)."""
+    gate = np.zeros(width, np.float32)
+    if span is not None:
+        gate[span[0] : span[1]] = 1.0
+    return gate

@@ -125,10 +125,10 @@ def activation(x: torch.Tensor, recipe: QuantRecipe) -> torch.Tensor:
 
 
 def _quantized_forward(recipe: QuantRecipe):
-    def forward(self: LoraLinear, x: torch.Tensor) -> torch.Tensor:
+    def forward(self: LoraLinear, x: torch.Tensor, gate: torch.Tensor | None = None) -> torch.Tensor:
         y = nn.functional.linear(activation(x, recipe), self.weight, self.bias)
         if self.rank:  # the LoRA branch stays float on the float input, as in the exported programs
-            y = y + self.lora(x)
+            y = y + self.lora(x, gate)
         return y
 
     return forward

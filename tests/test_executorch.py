@@ -16,9 +16,9 @@ from memlora.export.bundle import load_bundle
 from memlora.export.target import TargetRequest
 from memlora.export.decoder import Decoder, DecoderConfig
 from memlora.export.target import check_request, load
-from memlora.export.lora import fill_slots, load_adapters, unify_slots
+from memlora.export.lora import fill_slots, gate_vector, load_adapters, unify_slots
 from memlora.generate import GenerationConfig, generate
-from memlora.runtime.executorch_backend import BASE_METHOD, ExecuTorchBackend, from_bundle, target_routes
+from memlora.runtime.executorch_backend import BASE_METHOD, ExecuTorchBackend, Route, from_bundle, target_routes
 from memlora.trace import read_traces
 
 CTX = 128
@@ -59,14 +59,25 @@ def chunked(backend, name) -> np.ndarray:
                            backend.forward(PROMPT[10:], 10, name)])
 
 
-def reference(tiny_model, adapter, quant: str = "fp32", ctx: int = CTX) -> np.ndarray:
-    """The same three calls on the export module in eager PyTorch (same quantization): isolates conversion."""
-    slots = unify_slots([adapter]) if adapter else None
-    module = ee.build_module(tiny_model, ctx, adapter, slots, False, quant, 32, False)
+def _three_calls(module, *gate) -> np.ndarray:
     with torch.no_grad():
-        return np.concatenate([module(torch.tensor([PROMPT[:9]]), torch.tensor([0])),
-                               module(torch.tensor([PROMPT[9:10]]), torch.tensor([9])),
-                               module(torch.tensor([PROMPT[10:]]), torch.tensor([10]))])
+        return np.concatenate([module(torch.tensor([PROMPT[:9]]), torch.tensor([0]), *gate),
+                               module(torch.tensor([PROMPT[9:10]]), torch.tensor([9]), *gate),
+                               module(torch.tensor([PROMPT[10:]]), torch.tensor([10]), *gate)])
+
+
+def reference(tiny_model, adapter, quant: str = "fp32", ctx: int = CTX) -> np.ndarray:
+    """The same three calls on a one-adapter export module in eager PyTorch (same quantization)."""
+    slots = unify_slots([adapter]) if adapter else None
+    return _three_calls(ee.build_module(tiny_model, ctx, adapter, slots, False, quant, 32, False))
+
+
+def stacked_reference(tiny_model, adapters, name, quant: str) -> np.ndarray:
+    """The three calls on the separable program's own module (every adapter stacked, `name` gated on) in
+    eager PyTorch: isolates conversion."""
+    module, spans = ee.build_stacked(tiny_model, CTX, adapters, unify_slots(adapters.values()), quant, 32, False)
+    gate = torch.from_numpy(gate_vector(module.gate_width, spans.get(name)))
+    return _three_calls(module, gate)
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -89,6 +100,10 @@ def test_fp32_matches_decoder_and_shares_foundation(et_bundle, tiny_model, adapt
         got = backend.forward(PROMPT, 0, name, all_logits=True)
         assert np.abs(got - ref).max() <= 1e-4, name
     assert entry["files"] == ["executorch/foundation.ptd", "executorch/model.pte"]
+    rank = unify_slots(adapters.values()).rank  # one method holds every adapter, each behind its gate span
+    assert set(entry["methods"].values()) == {BASE_METHOD}
+    assert entry["gates"] == {"width": 3 * rank, "adapters": {n: [k * rank, (k + 1) * rank]
+                                                             for k, n in enumerate(adapters)}}
     pte, ptd = (et_bundle / f for f in entry["files"][::-1])
     lora_bytes = sum(4 * (t.numel() + u.numel()) for ad in adapters.values() for t, u in ad.weights.values())
     base_bytes = 4 * sum(p.numel() for n, p in Decoder.from_pretrained(tiny_model, CTX).named_parameters())
@@ -104,7 +119,7 @@ def test_export_load_run(exported, tiny_model, adapters, mode, quant):
     for name in (None, *adapters):
         got = chunked(backend, name)
         if mode == "separable":  # conversion alone: the same quantized module in eager PyTorch
-            same = reference(tiny_model, adapters.get(name), quant)
+            same = stacked_reference(tiny_model, adapters, name, quant)
             assert cosine(got, same) >= CONVERSION_COSINE, (name, cosine(got, same))
         fp32 = reference(tiny_model, adapters.get(name))
         if quant == "fp32":
@@ -137,6 +152,7 @@ def test_switching_adapters_matches_fresh_programs(et_bundle, tiny_model, adapte
     for name in ["answer", "extract", None, "answer", "mem_update", "extract", None, "mem_update"]:
         assert generate(shared, tok, PROMPT, name, config, set()).output_ids == fresh[name], name
     assert len({tuple(v) for v in fresh.values()}) > 1  # the adapters really change the output
+    assert len(shared._methods) == 1  # every adapter ran on the one loaded method: base weights packed once
 
 
 def test_corrupt_program_and_data_are_refused(et_bundle, tmp_path):
@@ -149,11 +165,11 @@ def test_corrupt_program_and_data_are_refused(et_bundle, tmp_path):
     with pytest.raises(MemloraError, match="foundation.ptd: sha256 mismatch"):
         from_bundle(copy)
     with pytest.raises(MemloraError, match="foundation.ptd"):  # checksums aside, the runtime refuses it
-        ExecuTorchBackend({None: (pte, BASE_METHOD)}, {pte: ptd}).forward(PROMPT, 0, None)
+        ExecuTorchBackend({None: target_routes(copy, entry)[0][None]}, {pte: ptd}).forward(PROMPT, 0, None)
     garbage = tmp_path / "garbage.pte"
     garbage.write_bytes(pte.read_bytes()[:64] + b"\x00" * 4096)
     with pytest.raises(MemloraError, match="garbage.pte"):
-        ExecuTorchBackend({None: (garbage, BASE_METHOD)}, {garbage: et_bundle / entry["data_files"]["foundation"]})
+        ExecuTorchBackend({None: Route(garbage)}, {garbage: et_bundle / entry["data_files"]["foundation"]})
 
 
 def test_fp32_greedy_equals_golden_reference(et_bundle):

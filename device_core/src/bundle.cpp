@@ -56,6 +56,17 @@ ExecuTorchTarget read_executorch(const JsonView& t) {
     for (const auto& [name, path] : t.at("data_files").members()) et.data_files.push_back(path.string());
   }
   if (et.mode != "merged" && et.mode != "separable") t.at("mode").fail("'" + et.mode + "' is not one of ['merged', 'separable']");
+  if (t.has("gates")) {
+    const JsonView gates = t.at("gates");
+    et.gate_width = static_cast<int>(gates.at("width").integer());
+    for (const auto& [adapter, span] : gates.at("adapters").members()) {
+      const auto bounds = span.items();
+      if (bounds.size() != 2) span.fail("should be [start, stop]");
+      const int start = static_cast<int>(bounds[0].integer()), stop = static_cast<int>(bounds[1].integer());
+      if (start < 0 || stop <= start || stop > et.gate_width) span.fail("is not a span of the gate's " + std::to_string(et.gate_width) + " columns");
+      et.gate_spans[adapter] = {start, stop};
+    }
+  }
   return et;
 }
 

@@ -65,6 +65,10 @@ struct ExecuTorchTarget {
   std::map<std::string, std::string> graphs;         // program name -> bundle-relative .pte
   std::map<std::string, std::string> methods;        // adapter -> method name
   std::vector<std::string> data_files;               // bundle-relative .ptd files
+  // Separable programs stack every adapter in one method behind a gate input (`gates` in the manifest):
+  // its width, and each adapter's [start, stop) columns set to 1. Width 0: no gate input.
+  int gate_width = 0;
+  std::map<std::string, std::pair<int, int>> gate_spans;
 };
 
 struct Golden {

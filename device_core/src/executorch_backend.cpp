@@ -1,5 +1,7 @@
 #include "executorch_backend.h"
 
+#include <algorithm>
+
 #include <executorch/extension/module/module.h>
 #include <executorch/extension/tensor/tensor_ptr.h>
 
@@ -35,8 +37,19 @@ ExecuTorchBackend::ExecuTorchBackend(const Bundle& bundle) {
     const std::string path = bundle.file(rel);
     if (!target.data_files.empty()) data_files_[path] = bundle.file(target.data_files.front());
     if (target.mode == "separable") {
-      routes_[std::nullopt] = Route{path, BASE_METHOD};
-      for (const auto& [adapter, method] : target.methods) routes_[adapter] = Route{path, method};
+      auto gate = [&](const AdapterName& adapter) {  // the manifest's gate for `adapter` (none: all zeros)
+        std::vector<float> g(target.gate_width, 0.0f);
+        if (adapter) {
+          auto span = target.gate_spans.find(*adapter);
+          if (span == target.gate_spans.end()) {
+            throw Error(bundle.file(MANIFEST) + ": executorch gates list no span for adapter '" + *adapter + "'");
+          }
+          std::fill(g.begin() + span->second.first, g.begin() + span->second.second, 1.0f);
+        }
+        return target.gate_width ? g : std::vector<float>();
+      };
+      routes_[std::nullopt] = Route{path, BASE_METHOD, gate(std::nullopt)};
+      for (const auto& [adapter, method] : target.methods) routes_[adapter] = Route{path, method, gate(adapter)};
     } else {
       routes_[name == "base" ? AdapterName() : AdapterName(name)] = Route{path, BASE_METHOD};
     }
@@ -98,7 +111,10 @@ std::vector<float> ExecuTorchBackend::run(const std::vector<int>& tokens, int st
   Module& module = method(route);
   auto ids = make_tensor_ptr({1, int(tokens.size())}, std::vector<int64_t>(tokens.begin(), tokens.end()));
   auto pos = make_tensor_ptr({1}, std::vector<int64_t>{start});
-  auto out = module.execute(route.method, {EValue(ids), EValue(pos)});
+  std::vector<EValue> inputs{EValue(ids), EValue(pos)};
+  auto gate = route.gate.empty() ? nullptr : make_tensor_ptr({int(route.gate.size())}, std::vector<float>(route.gate));
+  if (gate) inputs.emplace_back(gate);
+  auto out = module.execute(route.method, inputs);
   if (!out.ok() || out->empty() || !(*out)[0].isTensor()) {
     throw Error(route.program + ": method '" + route.method + "' failed at start " + std::to_string(start) +
                 (out.ok() ? " (no logits)" : " (" + executorch_why(out.error()) + ")"));

@@ -1,11 +1,12 @@
 // The ExecuTorch target of a bundle behind `Backend`, on ExecuTorch's C++ Module API -- the programs and
 // methods runtime_py/executorch_backend.py drives, driven the same way.
 //
-// Each adapter is a route, a (program, method) pair. A separable bundle has one program whose methods
-// (`forward` = base, one per adapter) share the base weights of one foundation.ptd; a merged bundle has one
-// self-contained program per adapter (`base` = no adapter), each run through its `forward`. Every method
-// takes (tokens [1, T] int64, input_pos [1] int64) and returns the last position's logits [1, vocab]; its KV
-// cache is a buffer inside the program, written in place at positions >= input_pos.
+// Each adapter is a route, a (program, method, gate) triple. A separable bundle has one program with one
+// method, `forward`, holding every adapter stacked behind a gate input (its XNNPACK delegates, and so the
+// packed base weights, exist once); a merged bundle has one self-contained program per adapter (`base` = no
+// adapter), each run through its `forward`. Every method takes (tokens [1, T] int64, input_pos [1] int64[,
+// gate [width] float]) and returns the last position's logits [1, vocab]; its KV cache is a buffer inside
+// the program, written in place at positions >= input_pos.
 #pragma once
 
 #include <map>
@@ -45,6 +46,7 @@ class ExecuTorchBackend : public Backend {
   struct Route {
     std::string program;  // path of the .pte
     std::string method;
+    std::vector<float> gate;  // empty: the method takes no gate
   };
   executorch::extension::module::Module& program(const std::string& path);
   executorch::extension::module::Module& method(const Route& route);  // the program, its method loaded

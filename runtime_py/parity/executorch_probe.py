@@ -112,7 +112,6 @@ class ExecuTorchHiddenProbe:
         return self._plans[pte, method]
 
     def __call__(self, tokens: list[int], adapter: str | None) -> list[np.ndarray]:
-        import torch
         from executorch.devtools.etdump.serialize import deserialize_from_etdump_flatcc
         from executorch.devtools.inspector._inspector_utils import inflate_runtime_output
         from executorch.runtime import Runtime
@@ -121,7 +120,8 @@ class ExecuTorchHiddenProbe:
 
         if adapter not in self.routes:
             raise MemloraError(f"ExecuTorch target has no method for adapter {adapter!r}")
-        pte, method = self.routes[adapter]
+        route = self.routes[adapter]
+        pte, method = route.program, route.method
         plan = self._plan(pte, method)
         where = hidden_values(plan)
         load_custom_ops()
@@ -132,8 +132,7 @@ class ExecuTorchHiddenProbe:
             # a fresh load per call: the ETDump then holds this one execution only
             program = Runtime.get().load_program(pte, data_path=self.data_files.get(pte), enable_etdump=True,
                                                  debug_buffer_size=debug_buffer_bytes(plan, len(tokens)))
-            program.load_method(method).execute([torch.tensor([tokens], dtype=torch.int64),
-                                                 torch.tensor([0], dtype=torch.int64)])
+            program.load_method(method).execute(route.inputs(tokens, 0))
             program.write_etdump_result_to_file(str(etdump), str(debug))
             dump, buffer = deserialize_from_etdump_flatcc(etdump.read_bytes()), bytearray(debug.read_bytes())
         logged: dict[int, list] = {}
