@@ -47,6 +47,7 @@ from torch import nn
 from memlora.errors import MemloraError
 
 from . import executorch_quant
+from .calibrate import Calibration, load_decoder
 from .bundle import eos_ids
 from .target import Exporter, Stage, TargetRequest
 from .decoder import Decoder, DecoderConfig, LoraLinear, RMSNorm
@@ -146,9 +147,10 @@ def is_base_linear(module: nn.Module) -> bool:
 
 
 def build_module(model_dir: Path, max_context: int, adapter: Adapter | None, slots, merge: bool,
-                 quant: str, block_size: int, embedding_int8: bool) -> EtDecoder:
-    """The decoder for one method: with `adapter` in its LoRA slots (or folded in when `merge`), quantized."""
-    decoder = Decoder.from_pretrained(model_dir, max_context, slots if adapter is not None else None)
+                 quant: str, block_size: int, embedding_int8: bool, calibration: Calibration | None = None) -> EtDecoder:
+    """The decoder for one method: with `adapter` in its LoRA slots (or folded in when `merge`), quantized
+    (from the calibrated base weights, if given)."""
+    decoder = load_decoder(model_dir, max_context, slots if adapter is not None else None, calibration)
     if adapter is not None:
         fill_slots(decoder, adapter)
         if merge:
@@ -267,7 +269,7 @@ def export_target(req: TargetRequest, bundle_dir: Path, stage: Stage = lambda s:
     tok = load_tokenizer(req.model_dir)
     metadata = runner_metadata(config, eos_ids(config, tok))
     build = lambda adapter, merge: build_module(req.model_dir, req.max_context, adapter, slots, merge,  # noqa: E731
-                                                req.quant, req.block_size, req.embedding_int8)
+                                                req.quant, req.block_size, req.embedding_int8, req.calibration)
     files: list[Path] = []
     programs: dict[str, str] = {}
     methods: dict[str, str] = {}
