@@ -93,9 +93,25 @@ def sequences(model_dir: Path, samples: int, max_len: int) -> dict[str, list[lis
     return out
 
 
+MEMO = 4
+"""Calibrations kept per process: an export with several targets, or parity with several decoder references,
+computes each grid once."""
+_memo: dict[tuple, Calibration] = {}
+
+
 def calibrate(model_dir: Path, adapters: dict[str, Adapter], recipe: QuantRecipe) -> Calibration:
     """GPTQ weights of every base projection for `recipe` (see the module docstring); independent of the
-    export's context length, so parity recomputes them from the recipe alone."""
+    export's context length, so parity recomputes them from the recipe alone. Computed once per model,
+    adapters and grid in a process."""
+    key = (str(Path(model_dir).resolve()), tuple((n, a.sha256) for n, a in adapters.items()), grid_key(recipe))
+    if key not in _memo:
+        if len(_memo) >= MEMO:
+            del _memo[next(iter(_memo))]
+        _memo[key] = _calibrate(Path(model_dir), adapters, recipe)
+    return _memo[key]
+
+
+def _calibrate(model_dir: Path, adapters: dict[str, Adapter], recipe: QuantRecipe) -> Calibration:
     began = time.monotonic()
     slots = unify_slots(adapters.values()) if adapters else None
     decoder = Decoder.from_pretrained(Path(model_dir), MAX_TOKENS, slots)

@@ -59,7 +59,6 @@ def export_bundle(
     from memlora.session import load_tokenizer
 
     from . import bundle, calibrate, chat_format, golden, target
-    from .calibrate import Calibration
     from . import embedder as embedder_export
     from .decoder import DecoderConfig
     from .lora import load_adapters
@@ -90,18 +89,15 @@ def export_bundle(
         target.check_request(exporter, request)
     with bundle.staging(out) as tmp:
         entries = {}
-        calibrations: dict[tuple, Calibration] = {}
         for name, exporter in exporters.items():
             recipe = exporter.recipe(request)
             req, calibrated = request, {}
-            if recipe.calibration != "none":
-                key = calibrate.grid_key(recipe)
-                if key not in calibrations:
-                    stage(f"calibrate: GPTQ for int{recipe.bits} {recipe.scale_rule} "
-                          f"({recipe.calibration_samples} prompts per operation)")
-                    calibrations[key] = calibrate.calibrate(model_dir, adapters, recipe)
-                req = replace(request, calibration=calibrations[key])
-                calibrated = {"calibration": calibrations[key].manifest_entry(recipe)}
+            if recipe.calibration != "none":  # computed once per grid the targets share (calibrate's memo)
+                stage(f"calibrate: GPTQ for int{recipe.bits} {recipe.scale_rule} "
+                      f"({recipe.calibration_samples} prompts per operation)")
+                calibration = calibrate.calibrate(model_dir, adapters, recipe)
+                req = replace(request, calibration=calibration)
+                calibrated = {"calibration": calibration.manifest_entry(recipe)}
             entries[name] = {"mode": mode, "quantization": recipe.to_json(), **calibrated,
                              **exporter.export(req, tmp, stage)}
         embedder_entry = {} if source is None else {

@@ -9,7 +9,7 @@ it supplies the tokenizer, constraints and golden settings; its own targets are 
 what the export packs (tests/test_calibrate.py), not a measured artifact: docs/calibration.md says which
 figures are which.
 
-    python scripts/calibration_sim.py BUNDLE OUT.json [--targets executorch,coreml] [--samples 16]
+    python scripts/calibration_sim.py BUNDLE OUT.json [--targets executorch,coreml] [--samples 16] [--quick]
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ def agreement_length(prompts: list[dict]) -> float:
 def main(bundle: Path, out: Path,
          targets: Annotated[str, typer.Option(help="comma-separated targets whose int4 recipe to simulate")] = "executorch,coreml",
          samples: Annotated[int, typer.Option(help="calibration prompts per operation")] = 16,
-         block_size: Annotated[int, typer.Option(help="int4 block size")] = 32) -> None:
+         block_size: Annotated[int, typer.Option(help="int4 block size")] = 32,
+         quick: Annotated[bool, typer.Option(help="parity's smaller golden set and shorter conversation")] = False) -> None:
     from memlora.export.bundle import load_bundle
     from memlora.export.lora import load_adapters
     from memlora.export.decoder import DecoderConfig
@@ -53,7 +54,7 @@ def main(bundle: Path, out: Path,
             began = time.monotonic()
             sims.append(Target(f"{name}-sim-{label}", DecoderReference(model_dir, adapters, recipe, context), recipe))
             built[sims[-1].name] = round(time.monotonic() - began, 1)
-    report = run_parity(bundle, model_dir, adapters_dir, target_names=[], extra_targets=sims, cache=default_root(),
+    report = run_parity(bundle, model_dir, adapters_dir, target_names=[], extra_targets=sims, cache=default_root(), quick=quick,
                         progress=lambda msg: print(msg, flush=True))
     report["build_seconds"] = built
     out.write_text(json.dumps(report, indent=1))
