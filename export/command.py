@@ -7,6 +7,7 @@ checked against every chosen target before any is built.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Callable, Optional
 
@@ -19,6 +20,8 @@ from memlora.options import Adapters, Model
 GOLDEN_DIR = "golden"
 GOLDEN_TOKENS = 48
 """Golden traces stop after this many tokens: enough to catch a drift, small enough to replay on a phone."""
+CALIBRATION_SAMPLES = 16
+"""--calibrate's default prompts per operation (48 sequences in all; docs/calibration.md)."""
 
 
 def _reference_backend(model_dir: Path, adapters_dir: Path):
@@ -41,18 +44,21 @@ def export_bundle(
     embedding_int8: bool = False,
     stage: Callable[[str], None] = lambda s: None,
     embedder: Path | None = None,
+    calibration_samples: int = 0,
 ) -> Path:
     """Export `targets` into a new bundle at `out` (written aside, renamed into place when complete).
 
     Every check that needs no export runs first -- the adapters against the model as the exporters and the
     golden reference (transformers+peft) read them, the tokenizer (its output constraints compiled), each
     target's mode and quant -- so bad input fails in seconds, not after the targets are built. `embedder` (a sentence-transformers BERT folder)
-    is exported for every target too; None leaves the bundle without one (retrieval then runs on torch)."""
+    is exported for every target too; None leaves the bundle without one (retrieval then runs on torch).
+    `calibration_samples` > 0: GPTQ base weights (`memlora.export.calibrate`), computed once per grid the
+    targets' recipes share, then packed by each target as usual."""
     from memlora import constrain, pipeline, prompts
     from memlora.adapters import load_checked_adapters
     from memlora.session import load_tokenizer
 
-    from . import bundle, chat_format, golden, target
+    from . import bundle, calibrate, chat_format, golden, target
     from . import embedder as embedder_export
     from .decoder import DecoderConfig
     from .lora import load_adapters
@@ -77,14 +83,23 @@ def export_bundle(
     chat = chat_format.chat_format(tokenizer, model_dir, [(m[0]["content"], m[1]["content"])
                                                           for _, m, _ in golden.golden_messages()])
     source = None if embedder is None else embedder_export.read_source(embedder)
-    request = target.TargetRequest(model_dir, adapters, mode, quant, block_size, config.max_context, embedding_int8)
+    request = target.TargetRequest(model_dir, adapters, mode, quant, block_size, config.max_context, embedding_int8,
+                                   calibration_samples)
     for exporter in exporters.values():
         target.check_request(exporter, request)
     with bundle.staging(out) as tmp:
         entries = {}
         for name, exporter in exporters.items():
-            entries[name] = {"mode": mode, "quantization": exporter.recipe(request).to_json(),
-                             **exporter.export(request, tmp, stage)}
+            recipe = exporter.recipe(request)
+            req, calibrated = request, {}
+            if recipe.calibration != "none":  # computed once per grid the targets share (calibrate's memo)
+                stage(f"calibrate: GPTQ for int{recipe.bits} {recipe.scale_rule} "
+                      f"({recipe.calibration_samples} prompts per operation)")
+                calibration = calibrate.calibrate(model_dir, adapters, recipe)
+                req = replace(request, calibration=calibration)
+                calibrated = {"calibration": calibration.manifest_entry(recipe)}
+            entries[name] = {"mode": mode, "quantization": recipe.to_json(), **calibrated,
+                             **exporter.export(req, tmp, stage)}
         embedder_entry = {} if source is None else {
             "embedder": embedder_export.export_embedder(source, {name: quant for name in exporters}, tmp, stage)}
         stage("tokenizer")
@@ -132,6 +147,10 @@ def main(
                                                      "with (default: the packaged all-MiniLM-L6-v2)")] = None,
     no_embedder: Annotated[bool, typer.Option("--no-embedder", help="no embedder in the bundle (retrieval runs "
                                               "on torch)")] = False,
+    calibrate: Annotated[bool, typer.Option("--calibrate", help="GPTQ base weights from the memory operations' "
+                                            "own prompts instead of round-to-nearest (int4, int8; separable)")] = False,
+    calibration_samples: Annotated[Optional[int], typer.Option(
+        "--calibration-samples", help=f"calibration prompts per operation with --calibrate [{CALIBRATION_SAMPLES}]")] = None,
 ) -> None:
     """Export the model and its adapters into a bundle (manifest, tokenizer, artifacts, golden traces)."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -151,6 +170,11 @@ def main(
         from memlora.embed import package_model_dir
 
         embedder = package_model_dir()
+    if calibration_samples is not None and not calibrate:
+        raise MemloraError(f"--calibration-samples {calibration_samples} needs --calibrate")
+    samples = (CALIBRATION_SAMPLES if calibration_samples is None else calibration_samples) if calibrate else 0
+    if calibrate and samples <= 0:
+        raise MemloraError(f"--calibration-samples {samples}: must be a positive number of prompts")
     targets = [t.strip() for t in target.split(",") if t.strip()]
     with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn()) as progress:
         current: list = []
@@ -164,7 +188,8 @@ def main(
             current.append(progress.add_task(name, total=None))
 
         path = export_bundle(model_dir, adapters_dir, targets, mode, quant, block_size, out, max_context,
-                             embedding_int8=embedding_int8, stage=stage, embedder=embedder)
+                             embedding_int8=embedding_int8, stage=stage, embedder=embedder,
+                             calibration_samples=samples)
         stage("done")
         progress.update(current[-1], total=1, completed=1)
     typer.echo(f"bundle written to {path}")

@@ -59,6 +59,7 @@ from memlora.mlpackage import FP16, BlobFile, load_spec, parse_type
 from memlora.recipe import QuantRecipe
 
 from . import quant
+from .calibrate import load_decoder
 from .decoder import Decoder, LoraSlots, grouped_attention
 from .lora import Adapter, fill_slots, slot_arrays, unify_slots
 from .target import Exporter, Stage, TargetRequest
@@ -102,7 +103,7 @@ def build_decoder(req: TargetRequest, adapter: Adapter | None, slots: LoraSlots 
     merged into the weights (no slots: the program has no low-rank branch at all)."""
     merged = adapter is not None and slots is None
     lora = LoraSlots(adapter.targets, adapter.rank) if merged else slots
-    decoder = Decoder.from_pretrained(req.model_dir, req.max_context + 1, lora)
+    decoder = load_decoder(req.model_dir, req.max_context + 1, lora, req.calibration)
     if decoder.config.max_context < 2:
         raise MemloraError(f"{req.model_dir}: max_context {decoder.config.max_context} is too small")
     if adapter is None:

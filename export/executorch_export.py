@@ -53,6 +53,7 @@ from torch import nn
 from memlora.errors import MemloraError
 
 from . import executorch_quant
+from .calibrate import Calibration, load_decoder
 from .bundle import eos_ids
 from .target import Exporter, Stage, TargetRequest
 from .decoder import Decoder, DecoderConfig, LoraLinear, RMSNorm
@@ -160,10 +161,10 @@ def _finish(decoder: Decoder, quant: str, block_size: int, embedding_int8: bool)
 
 
 def build_module(model_dir: Path, max_context: int, adapter: Adapter | None, slots, merge: bool,
-                 quant: str, block_size: int, embedding_int8: bool) -> EtDecoder:
+                 quant: str, block_size: int, embedding_int8: bool, calibration: Calibration | None = None) -> EtDecoder:
     """The decoder of one merged program: with `adapter` in its LoRA slots (or folded in when `merge`),
-    quantized."""
-    decoder = Decoder.from_pretrained(model_dir, max_context, slots if adapter is not None else None)
+    quantized (from the calibrated base weights, if given)."""
+    decoder = load_decoder(model_dir, max_context, slots if adapter is not None else None, calibration)
     if adapter is not None:
         fill_slots(decoder, adapter)
         if merge:
@@ -172,10 +173,12 @@ def build_module(model_dir: Path, max_context: int, adapter: Adapter | None, slo
 
 
 def build_stacked(model_dir: Path, max_context: int, adapters: dict[str, Adapter], slots, quant: str,
-                  block_size: int, embedding_int8: bool) -> tuple[EtDecoder, dict[str, tuple[int, int]]]:
+                  block_size: int, embedding_int8: bool, calibration: Calibration | None = None,
+                  ) -> tuple[EtDecoder, dict[str, tuple[int, int]]]:
     """The decoder of a separable program: every adapter stacked in its slots behind a gate input (see
-    `memlora.export.lora.stack_adapters`), quantized; and each adapter's span of the gate."""
-    decoder = Decoder.from_pretrained(model_dir, max_context, slots)
+    `memlora.export.lora.stack_adapters`), quantized (from the calibrated base weights, if given); and each
+    adapter's span of the gate."""
+    decoder = load_decoder(model_dir, max_context, slots, calibration)
     spans = stack_adapters(decoder, adapters)
     module = _finish(decoder, quant, block_size, embedding_int8)
     module.gate_width = slots.rank * len(adapters)
@@ -295,7 +298,7 @@ def export_target(req: TargetRequest, bundle_dir: Path, stage: Stage = lambda s:
     tok = load_tokenizer(req.model_dir)
     metadata = runner_metadata(config, eos_ids(config, tok))
     build = lambda adapter, merge: build_module(req.model_dir, req.max_context, adapter, slots, merge,  # noqa: E731
-                                                req.quant, req.block_size, req.embedding_int8)
+                                                req.quant, req.block_size, req.embedding_int8, req.calibration)
     files: list[Path] = []
     programs: dict[str, str] = {}
     methods: dict[str, str] = {}
@@ -305,7 +308,7 @@ def export_target(req: TargetRequest, bundle_dir: Path, stage: Stage = lambda s:
         stage(f"executorch: build and quantize ({req.quant}, {len(req.adapters)} adapters stacked)")
         if req.adapters:
             module, spans = build_stacked(req.model_dir, req.max_context, req.adapters, slots, req.quant,
-                                          req.block_size, req.embedding_int8)
+                                          req.block_size, req.embedding_int8, req.calibration)
             methods = {name: BASE_METHOD for name in req.adapters}
             gates = {"width": module.gate_width, "adapters": {name: list(span) for name, span in spans.items()}}
         else:

@@ -54,6 +54,7 @@ from memlora.errors import MemloraError
 from memlora.recipe import QuantRecipe
 
 from . import genai_config
+from .calibrate import load_decoder
 from .decoder import Decoder, grouped_attention, rotate
 from .genai_config import ATTENTION_MASK, INPUT_IDS, LOGITS, GenaiModel, cache_names
 from .lora import Adapter, slot_arrays, unify_slots
@@ -380,7 +381,7 @@ def export_target(req: TargetRequest, bundle_dir: Path, stage: Stage = lambda s:
         graphs[name] = f"{TARGET}/{name}.onnx"
 
     def load(slots) -> Decoder:
-        decoder = Decoder.from_pretrained(req.model_dir, req.max_context, slots)
+        decoder = load_decoder(req.model_dir, req.max_context, slots, req.calibration)
         decoder.fuse_projections()
         return decoder
 

@@ -6,6 +6,7 @@ parity's decoder reference (which isolates conversion error from quantization er
 from __future__ import annotations
 
 import types
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -26,27 +27,58 @@ def _blocks(w: torch.Tensor, block: int | None) -> tuple[torch.Tensor, int]:
     return nn.functional.pad(w, (0, (-k) % size)).view(w.shape[0], -1, size), k
 
 
-def linear(w: torch.Tensor, bits: int, block: int | None, rule: str, fp16: bool = False) -> torch.Tensor:
-    """Symmetric blockwise (``block`` None: per output channel) quantize-dequantize of `w` [out, in] along
-    its input axis, with the scale rule of `memlora.recipe.ScaleRule`; `fp16`: weights, scales and products
-    are fp16 values, as a Core ML program holds them."""
+@dataclass(frozen=True)
+class Grid:
+    """The block scales `linear` derives from a weight [out, in]: codes times `scale` are what it stores."""
+
+    scale: torch.Tensor
+    """[out, n_blocks, 1]"""
+    lo: int
+    hi: int
+    rule: str
+    fp16: bool
+    width: int
+    """The weight's input size (the last block may be zero-padded past it)."""
+
+    def codes(self, blocks: torch.Tensor) -> torch.Tensor:
+        """Round-to-nearest integer codes of `blocks` (broadcastable to `scale`) on this grid."""
+        if self.rule == "half_range":
+            return torch.clamp(torch.round(blocks * (1.0 / self.scale)), self.lo, self.hi)
+        safe = torch.where(self.scale == 0, torch.ones_like(self.scale), self.scale)
+        return torch.clamp(torch.round(_half(blocks / safe, self.fp16)), self.lo, self.hi)
+
+    def values(self, codes: torch.Tensor) -> torch.Tensor:
+        """What the runtime computes with for `codes` (torchao's half-range kernels are fp32 only)."""
+        product = codes * self.scale
+        return product if self.rule == "half_range" else _half(product, self.fp16)
+
+
+def _half(t: torch.Tensor, fp16: bool) -> torch.Tensor:
+    return t.half().float() if fp16 else t
+
+
+def grid(w: torch.Tensor, bits: int, block: int | None, rule: str, fp16: bool = False) -> tuple[Grid, torch.Tensor]:
+    """The grid of `w` [out, in] (symmetric, blockwise along the input axis; ``block`` None: per output
+    channel) under a `memlora.recipe.ScaleRule`, and `w` as the blocks it scales ([out, n_blocks, block], the
+    last zero-padded; `fp16`: weights, scales and products are fp16 values, as a Core ML program holds them)."""
     lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
-    half = (lambda t: t.half().float()) if fp16 else (lambda t: t)
-    blocks, k = _blocks(half(w.float()), block)
+    blocks, k = _blocks(_half(w.float(), fp16), block)
     amax = blocks.abs().amax(-1, keepdim=True)
     if rule == "max_to_min":  # the signed value of largest magnitude maps to lo exactly
-        scale = blocks.gather(-1, blocks.abs().argmax(-1, keepdim=True)) / lo
+        scale = _half(blocks.gather(-1, blocks.abs().argmax(-1, keepdim=True)) / lo, fp16)
     elif rule == "restricted":
-        scale, lo = amax / hi, -hi
+        scale, lo = _half(amax / hi, fp16), -hi
     elif rule == "half_range":  # torchao's choose_qparams_affine / quantize_affine, SYMMETRIC
         scale = torch.clamp(amax / ((hi - lo) / 2), min=TINY)
-        return (torch.clamp(torch.round(blocks * (1.0 / scale)), lo, hi) * scale).reshape(w.shape[0], -1)[:, :k]
     else:
         raise ValueError(f"unknown scale rule {rule!r}")
-    scale = half(scale)
-    safe = torch.where(scale == 0, torch.ones_like(scale), scale)
-    q = torch.clamp(torch.round(half(blocks / safe)), lo, hi)
-    return half(q * scale).reshape(w.shape[0], -1)[:, :k].contiguous()
+    return Grid(scale, lo, hi, rule, fp16, k), blocks
+
+
+def linear(w: torch.Tensor, bits: int, block: int | None, rule: str, fp16: bool = False) -> torch.Tensor:
+    """Symmetric blockwise round-to-nearest quantize-dequantize of `w` [out, in] (see `grid`)."""
+    g, blocks = grid(w, bits, block, rule, fp16)
+    return g.values(g.codes(blocks)).reshape(w.shape[0], -1)[:, : g.width].contiguous()
 
 
 def palettize_group(values: np.ndarray, bits: int, iterations: int = 100) -> tuple[np.ndarray, np.ndarray]:

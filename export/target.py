@@ -10,7 +10,7 @@ is also what parity simulates and what the release matrix enumerates.
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
@@ -18,6 +18,7 @@ from memlora.errors import MemloraError
 from memlora.recipe import QuantRecipe
 
 if TYPE_CHECKING:  # the request names adapters; loading them needs torch
+    from .calibrate import Calibration
     from .lora import Adapter
 
 Stage = Callable[[str], None]
@@ -41,6 +42,11 @@ class TargetRequest:
     max_context: int
     embedding_int8: bool = False
     """int8 weight-only token embeddings (targets whose `Exporter.options` list it)."""
+    calibration_samples: int = 0
+    """GPTQ on this many calibration prompts per operation (`--calibrate`); 0: round-to-nearest."""
+    calibration: Calibration | None = None
+    """The calibrated base weights for this target's recipe, computed before its export (`memlora.export.
+    command`); the exporter loads its decoder with them (`memlora.export.calibrate.load_decoder`)."""
 
 
 @dataclass(frozen=True)
@@ -49,7 +55,8 @@ class Exporter:
     label: str
     """How messages name the target (``ONNX``, ``Core ML``)."""
     quants: tuple[str, ...]
-    recipe: Callable[[TargetRequest], QuantRecipe]
+    own_recipe: Callable[[TargetRequest], QuantRecipe]
+    """The target's numerics for a request (round-to-nearest); `recipe` adds the calibration."""
     export: Callable[[TargetRequest, Path, Stage], dict]
     modes: tuple[str, ...] = MODES
     refused: dict[str, str] = field(default_factory=dict)
@@ -58,6 +65,14 @@ class Exporter:
     """Optional request fields it honours (``embedding_int8``); set on a target without them is an error."""
     check: Callable[[TargetRequest], str | None] = lambda req: None
     """Target-specific refusals (e.g. a reserved adapter name): the problem, or None."""
+
+    def recipe(self, req: TargetRequest) -> QuantRecipe:
+        """The recipe `req` gets: the target's own, with GPTQ codes when the request asks (`check_request`
+        refuses a calibration the recipe cannot take)."""
+        own = self.own_recipe(req)
+        if not req.calibration_samples:
+            return own
+        return replace(own, calibration="gptq", calibration_samples=req.calibration_samples)
 
 
 def load(name: str) -> Exporter:
@@ -79,6 +94,14 @@ def check_request(exporter: Exporter, req: TargetRequest) -> None:
         raise fail(f"--quant {req.quant} is not supported (choose from {', '.join(exporter.quants)})")
     if req.embedding_int8 and "embedding_int8" not in exporter.options:
         raise fail("--embedding-int8 is not supported (only targets that quantize the embedding table alone take it)")
+    if req.calibration_samples:
+        if req.mode != "separable":
+            raise fail(f"--calibrate needs --mode separable: --mode {req.mode} folds each adapter into the base "
+                       "weights before packing, so no one set of calibrated base weights is what it packs")
+        weights = exporter.own_recipe(req).weights
+        if weights != "linear":
+            raise fail(f"--calibrate chooses integer codes; --quant {req.quant} stores {weights} weights "
+                       "(calibrate int4 or int8)")
     problem = exporter.check(req)
     if problem:
         raise fail(problem)

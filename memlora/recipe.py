@@ -32,8 +32,13 @@ Uneven = Literal["pad", "skip"]
 Embedding = Literal["float", "as_weights", "int8_row"]
 """The token embedding table: compute-precision floats; quantized like the base weights; int8 weight-only with
 one half-range scale per row."""
+Calibration = Literal["none", "gptq"]
+"""How linear codes are chosen: round-to-nearest, or GPTQ (error feedback on the memory operations' own prompts,
+`memlora.export.calibrate`), on the same grid the runtime's packer derives."""
 
 COMPUTE_BITS = {"fp32": 32, "fp16": 16}
+ADDED_LATER = {"calibration": "none", "calibration_samples": 0}
+"""Fields manifests written before them lack (memlora <= 0.4.1), with the value those bundles had."""
 
 
 @dataclass(frozen=True)
@@ -56,6 +61,9 @@ class QuantRecipe:
     lm_head: bool = False
     """The output head is quantized as the base projections are (a copy when embeddings are tied)."""
     embedding: Embedding = "float"
+    calibration: Calibration = "none"
+    calibration_samples: int = 0
+    """Calibration prompts per memory operation (0 when uncalibrated): with the seeds, what reproduces them."""
     notes: str = ""
 
     def __post_init__(self) -> None:
@@ -80,6 +88,10 @@ class QuantRecipe:
             return "a palette needs a group size (block_size) and no scale rule"
         if (self.activations == "int8_block") != (self.act_block is not None):
             return "act_block is set exactly when activations are int8_block"
+        if self.calibration != "none" and self.weights != "linear":
+            return f"calibration {self.calibration} chooses linear codes; {self.weights} weights have none"
+        if (self.calibration == "none") != (self.calibration_samples == 0) or self.calibration_samples < 0:
+            return "calibration_samples is a positive count exactly when calibrated"
         return None
 
     @property
@@ -101,6 +113,7 @@ class QuantRecipe:
         if not isinstance(data, dict):
             raise MemloraError(f"{where}: quantization recipe is not an object")
         names = {f.name for f in fields(cls)}
+        data = {**ADDED_LATER, **data}
         unknown, missing = sorted(set(data) - names), sorted(names - set(data))
         if unknown or missing:
             raise MemloraError(f"{where}: quantization recipe has {'unknown ' + str(unknown) if unknown else ''}"

@@ -14,11 +14,12 @@ from memlora.export import quant
 from memlora.export import target as exporters
 from memlora.export.bundle import MANIFEST, SCHEMA_PATH, load_bundle, read_manifest, recognise_bundle
 from memlora.export.target import TargetRequest, check_request
-from memlora.recipe import QuantRecipe, _choices
+from memlora.recipe import ADDED_LATER, QuantRecipe, _choices
 
 
-def request(mode: str = "separable", quant_: str = "fp32", adapters=None, embedding_int8: bool = False) -> TargetRequest:
-    return TargetRequest(None, adapters or {}, mode, quant_, 32, 64, embedding_int8)
+def request(mode: str = "separable", quant_: str = "fp32", adapters=None, embedding_int8: bool = False,
+            calibration_samples: int = 0) -> TargetRequest:
+    return TargetRequest(None, adapters or {}, mode, quant_, 32, 64, embedding_int8, calibration_samples)
 
 
 def every_recipe():
@@ -37,6 +38,11 @@ def test_every_accepted_combination_has_a_recipe_the_schema_validates_and_json_r
         jsonschema.validate(recipe.to_json(), recipe_schema)
         assert QuantRecipe.from_json(recipe.to_json(), "m") == recipe
         seen.add((name, recipe.scheme))
+        if recipe.weights == "linear" and mode == "separable":
+            calibrated = exporters.load(name).recipe(request(mode, q, calibration_samples=4))
+            assert (calibrated.calibration, calibrated.calibration_samples) == ("gptq", 4)
+            jsonschema.validate(calibrated.to_json(), recipe_schema)
+            assert QuantRecipe.from_json(calibrated.to_json(), "m") == calibrated
     assert seen == {(t, s) for t in ("onnx", "executorch") for s in ("fp32", "int8", "int4")} | \
         {("coreml", s) for s in ("fp16", "int8", "int4", "pal4")}
 
@@ -44,7 +50,8 @@ def test_every_accepted_combination_has_a_recipe_the_schema_validates_and_json_r
 def test_the_schema_enumerates_exactly_the_recipe_choices():
     props = json.loads(SCHEMA_PATH.read_text())["$defs"]["quant_recipe"]["properties"]
     assert {k: tuple(v["enum"]) for k, v in props.items() if "enum" in v} == _choices()
-    assert set(json.loads(SCHEMA_PATH.read_text())["$defs"]["quant_recipe"]["required"]) == set(QuantRecipe.__dataclass_fields__)
+    required = set(json.loads(SCHEMA_PATH.read_text())["$defs"]["quant_recipe"]["required"])
+    assert required == set(QuantRecipe.__dataclass_fields__) - set(ADDED_LATER)  # older bundles lack those
 
 
 @pytest.mark.parametrize("fields, problem", [
@@ -55,6 +62,13 @@ def test_the_schema_enumerates_exactly_the_recipe_choices():
      "act_block is set exactly"),
     ({"scheme": "pal4", "weights": "palette", "bits": 4}, "a palette needs a group size"),
     ({"scheme": "int3"}, "scheme 'int3' is not one of"),
+    ({"scheme": "fp32", "calibration": "gptq", "calibration_samples": 4}, "float weights have none"),
+    ({"scheme": "pal4", "weights": "palette", "bits": 4, "block_size": 16, "calibration": "gptq",
+      "calibration_samples": 4}, "palette weights have none"),
+    ({"scheme": "int4", "weights": "linear", "bits": 4, "scale_rule": "max_to_min", "calibration": "gptq"},
+     "calibration_samples is a positive count"),
+    ({"scheme": "int4", "weights": "linear", "bits": 4, "scale_rule": "max_to_min", "calibration_samples": 4},
+     "calibration_samples is a positive count"),
 ])
 def test_an_inconsistent_recipe_is_refused(fields, problem):
     with pytest.raises(ValueError, match=problem):
@@ -81,6 +95,12 @@ def test_a_manifest_recipe_with_unknown_or_missing_fields_names_the_file():
     ("coreml", request(adapters={"base": None}), "Core ML export: an adapter may not be named 'base'"),
     ("onnx", request(embedding_int8=True), "ONNX export: --embedding-int8 is not supported"),
     ("coreml", request(embedding_int8=True), "Core ML export: --embedding-int8 is not supported"),
+    ("onnx", request(calibration_samples=4), "ONNX export: --calibrate chooses integer codes; --quant fp32 stores "
+     "float weights"),
+    ("coreml", request(quant_="pal4", calibration_samples=4), "Core ML export: --calibrate chooses integer codes; "
+     "--quant pal4 stores palette weights"),
+    ("executorch", request("merged", "int4", calibration_samples=4), "ExecuTorch export: --calibrate needs --mode "
+     "separable: --mode merged folds each adapter into the base weights"),
 ])
 def test_one_check_refuses_what_a_target_cannot_export_in_one_style(name, req, message):
     with pytest.raises(MemloraError) as info:
@@ -150,6 +170,19 @@ def test_a_bundle_of_memlora_0_2_is_refused_with_how_to_re_export_it(onnx_bundle
         load_bundle(old)
     with pytest.raises(MemloraError, match="memlora 0.2"):
         read_manifest(old)
+
+
+def test_a_bundle_written_before_calibration_existed_loads_as_uncalibrated(onnx_bundle, tmp_path):
+    """memlora 0.4.1 manifests have no calibration keys: their weights were rounded to nearest."""
+    old = tmp_path / "old"
+    shutil.copytree(onnx_bundle, old)
+    manifest = json.loads((old / MANIFEST).read_text())
+    for key in ADDED_LATER:
+        del manifest["targets"]["onnx"]["quantization"][key]
+    (old / MANIFEST).write_text(json.dumps(manifest))
+    recipe = load_bundle(old).recipe("onnx")
+    assert (recipe.calibration, recipe.calibration_samples) == ("none", 0)
+    assert recipe == load_bundle(onnx_bundle).recipe("onnx")
 
 
 def test_export_replaces_a_bundle_of_memlora_0_2_but_not_one_with_foreign_files(onnx_bundle, tmp_path):

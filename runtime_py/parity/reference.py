@@ -3,7 +3,8 @@
 1. `fp32_reference`: the transformers+peft pipeline in fp32 -- what users care about.
 2. `DecoderReference`: the export-friendly decoder every exporter starts from, with the target's
    quantization recipe simulated in torch (weights quantize-dequantized as the runtime stores them,
-   activations quantized the way its kernel does). The gap reference -> decoder reference is quantization
+   activations quantized the way its kernel does; a calibrated recipe's GPTQ weights recomputed as the
+   export computed them, `memlora.export.calibrate`). The gap reference -> decoder reference is quantization
    error; the gap decoder reference -> target is conversion error (what the exporter or runtime broke).
 """
 
@@ -15,7 +16,7 @@ import numpy as np
 import torch
 
 from memlora.backend import CheckedBackend
-from memlora.export.decoder import Decoder
+from memlora.export.calibrate import calibrate, load_decoder
 from memlora.export.lora import Adapter, fill_slots, unify_slots
 from memlora.export.quant import quantize_decoder
 from memlora.recipe import QuantRecipe
@@ -31,7 +32,8 @@ def simulation(recipe: QuantRecipe) -> dict:
     """What the decoder reference reproduces of `recipe`, for the report: stored weights exactly (the same
     quantize-dequantize the runtime's format implies); activations as the kernel quantizes them; fp16 compute
     only as fp16-rounded parameters (activations stay fp32), so an fp16 target keeps a small conversion gap."""
-    return {"recipe": recipe.to_json(), "weights": "exact", "activations": recipe.activations,
+    return {"recipe": recipe.to_json(), "weights": "exact" if recipe.calibration == "none" else
+            f"exact ({recipe.calibration} recomputed)", "activations": recipe.activations,
             "compute": "exact" if recipe.compute == "fp32" else "parameters rounded to fp16, activations fp32"}
 
 
@@ -41,7 +43,8 @@ class DecoderReference(CheckedBackend):
 
     def __init__(self, model_dir: Path, adapters: dict[str, Adapter], recipe: QuantRecipe, max_context: int):
         slots = unify_slots(adapters.values()) if adapters else None
-        self.decoder = Decoder.from_pretrained(Path(model_dir), max_context, slots)
+        calibration = None if recipe.calibration == "none" else calibrate(Path(model_dir), adapters, recipe)
+        self.decoder = load_decoder(Path(model_dir), max_context, slots, calibration)
         self.sim = simulation(recipe)
         quantize_decoder(self.decoder, recipe)
         self.name = f"decoder[{recipe.scheme}]"
