@@ -78,7 +78,9 @@ def test_subprocess_job_reports_rss_and_extra_runs(onnx_bundle, prompt):
     assert 0 < step["graph_ms"] <= step["forward_ms"] <= step["step_ms"]
     assert step["decode_loop_overhead_ms"] + step["backend_overhead_ms"] + step["graph_ms"] == pytest.approx(step["step_ms"])
     row = {"target": "onnx", "mode": "separable", "precision": "fp32", "per_token": step}
-    assert "GroupQueryAttention" in report.step_table({"results": [row]})
+    # the table names the largest op types by kernel time; which they are on the tiny model depends on load
+    largest = max(step["op_share"], key=step["op_share"].get)
+    assert f"{largest} {step['op_share'][largest]:.0%}" in report.step_table({"results": [row]})
 
 
 def test_roofline_arithmetic():
