@@ -12,7 +12,7 @@ returns float weights that the packer maps to exactly the codes GPTQ chose:
   +-(2^(b-1)-1), since -2^(b-1) * scale lies past the maximum).
 
 The packer then derives the same scale and codes again; `memlora.export.quant.weight` of the result is
-the weight GPTQ intended (tests/test_gptq.py checks this exactly for each scale rule).
+the weight GPTQ intended (tests/test_calibrate.py checks this exactly for each scale rule).
 """
 
 from __future__ import annotations

@@ -187,7 +187,6 @@ def fill_slots(decoder: Decoder, adapter: Adapter | None) -> None:
             modules[module].lora_b.copy_(b)
 
 
-
 def stack_adapters(decoder: Decoder, adapters: dict[str, Adapter]) -> dict[str, tuple[int, int]]:
     """Hold every adapter in the decoder's slots at once, side by side (`LoraLinear.stack`), and return each
     one's rank columns ``[start, stop)`` of the gate that selects it. One module then serves every adapter

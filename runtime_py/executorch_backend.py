@@ -114,13 +114,17 @@ def target_routes(root: Path, target: dict) -> tuple[dict[str | None, Route], di
         raise MemloraError(f"{root}: the ExecuTorch runtime takes one data file per program, bundle lists {len(data)}")
     if target["mode"] == "separable":
         (program,) = programs.values()
-        gates = target.get("gates")
-        if gates:  # one method, every adapter stacked behind its gate
-            routes = {None: Route(program, BASE_METHOD, gate_vector(gates["width"], None)),
-                      **{a: Route(program, target["methods"][a], gate_vector(gates["width"], tuple(span)))
-                         for a, span in gates["adapters"].items()}}
-        else:  # a method per adapter (bundles written before adapters were stacked)
-            routes = {None: Route(program), **{a: Route(program, m) for a, m in target["methods"].items()}}
+        gates = target.get("gates")  # absent: a method per adapter (bundles written before adapters were stacked)
+
+        def gate(adapter: str | None) -> np.ndarray | None:
+            if not gates:
+                return None
+            if adapter is not None and adapter not in gates["adapters"]:
+                raise MemloraError(f"{root / 'manifest.json'}: executorch gates list no span for adapter {adapter!r}")
+            return gate_vector(gates["width"], None if adapter is None else tuple(gates["adapters"][adapter]))
+
+        routes = {None: Route(program, BASE_METHOD, gate(None)),
+                  **{a: Route(program, m, gate(a)) for a, m in target["methods"].items()}}
     else:
         routes = {(None if k == "base" else k): Route(p) for k, p in programs.items()}
     return routes, ({p: data[0] for p in programs.values()} if data else {})

@@ -172,6 +172,13 @@ def test_corrupt_program_and_data_are_refused(et_bundle, tmp_path):
         ExecuTorchBackend({None: Route(garbage)}, {garbage: et_bundle / entry["data_files"]["foundation"]})
 
 
+def test_adapter_without_gate_span_is_refused(et_bundle):
+    entry = load_bundle(et_bundle).target("executorch")
+    spans = {k: v for k, v in entry["gates"]["adapters"].items() if k != "answer"}
+    with pytest.raises(MemloraError, match="manifest.json: executorch gates list no span for adapter 'answer'"):
+        target_routes(et_bundle, {**entry, "gates": {**entry["gates"], "adapters": spans}})
+
+
 def test_fp32_greedy_equals_golden_reference(et_bundle):
     """Replaying the bundle's golden traces (transformers+peft fp32) on ExecuTorch gives the same ids."""
     bundle = load_bundle(et_bundle)
