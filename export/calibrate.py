@@ -1,5 +1,5 @@
-"""Calibrated base weights for a recipe: GPTQ (`memlora.export.gptq`) layer by layer on the memory
-operations' own prompts, as the GPTQ reference implementation runs it.
+"""Calibrated base weights for a recipe: GPTQ (`memlora.export.gptq`) or AWQ scales (`memlora.export.awq`),
+layer by layer on the memory operations' own prompts, as the GPTQ reference implementation runs it.
 
 Calibration data: the first synthetic training conversations (`memlora.distill.synthetic_teacher`; never the
 demo, held-out or LoCoMo conversations, which are evaluation data), `samples` examples per operation spread
@@ -9,7 +9,8 @@ has no such adapter): one set of base weights serves all three adapters, so thei
 
 Layer by layer: every sequence's input to layer l (computed through the already-quantized layers before it)
 is cached; a float pass of layer l accumulates ``H = 2 X^T X`` per input (q/k/v share one, gate/up one,
-o_proj and down_proj their own); GPTQ quantizes the layer's projections; the quantized layer then computes
+o_proj and down_proj their own); GPTQ quantizes the layer's projections (AWQ: chooses each input's scales
+and quantizes the scaled weights to nearest); the quantized layer then computes
 the next layer's inputs. The token embedding and the output head stay round-to-nearest: the head is the tied
 embedding table, which Core ML also quantizes for the input gather, where a Hessian of the head's inputs
 says nothing. Everything is deterministic (fixed conversations, no sampling), so parity recomputes the same
@@ -19,7 +20,7 @@ weights from the same model, adapters and recipe.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -27,7 +28,7 @@ import torch
 from memlora import OPERATIONS
 from memlora.recipe import QuantRecipe
 
-from . import gptq, quant
+from . import awq, gptq, quant
 from .decoder import Decoder, LoraLinear, LoraSlots, grouped_attention
 from .lora import Adapter, fill_slots, unify_slots
 
@@ -42,19 +43,24 @@ GROUPS = {"self_attn.q_proj": ("self_attn.q_proj", "self_attn.k_proj", "self_att
 
 @dataclass(frozen=True)
 class Calibration:
-    """Calibrated base weights (decoder parameter name -> the floats the target's packer is given)."""
+    """Calibrated base weights (decoder parameter name -> the floats the target's packer is given) and, for
+    AWQ, the input scales of the projections that store scaled weights (module name -> [in])."""
 
     weights: dict[str, torch.Tensor]
     sequences: int
     tokens: int
     seconds: float
+    input_scales: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def apply(self, decoder: Decoder) -> None:
-        """Copy the weights into a decoder built from the same checkpoint, before it fuses projections."""
-        params = dict(decoder.named_parameters())
+        """Copy the weights (and input scales) into a decoder built from the same checkpoint, before it fuses
+        projections."""
+        params, modules = dict(decoder.named_parameters()), dict(decoder.named_modules())
         with torch.no_grad():
             for name, w in self.weights.items():
                 params[name].copy_(w)
+        for name, s in self.input_scales.items():
+            modules[name].input_scale = s.clone()
 
     def manifest_entry(self, recipe: QuantRecipe) -> dict:
         return {"method": recipe.calibration, "samples_per_operation": recipe.calibration_samples,
@@ -74,7 +80,7 @@ def load_decoder(model_dir: Path, max_context: int, slots: LoraSlots | None,
 def grid_key(recipe: QuantRecipe) -> tuple:
     """What determines the calibrated weights of a recipe: targets sharing it share one calibration."""
     return (recipe.calibration, recipe.calibration_samples, recipe.bits, recipe.block_size, recipe.scale_rule,
-            recipe.compute, recipe.uneven)
+            recipe.compute, recipe.uneven, recipe.int8_projections)
 
 
 def sequences(model_dir: Path, samples: int, max_len: int) -> dict[str, list[list[int]]]:
@@ -120,18 +126,27 @@ def _calibrate(model_dir: Path, adapters: dict[str, Adapter], recipe: QuantRecip
     with torch.no_grad():
         hidden = [decoder.embed(tokens) for _, tokens in runs]
         weights: dict[str, torch.Tensor] = {}
+        scales: dict[str, torch.Tensor] = {}
         for i, layer in enumerate(decoder.layers):
             modules = dict(layer.named_modules())
             hessians = _hessians(decoder, layer, {n: modules[n] for n in GROUPS}, runs, hidden)
             for leader, members in GROUPS.items():
-                for name in members:
-                    module = modules[name]
-                    if quant.quantizable(recipe, tuple(module.weight.shape)):
-                        stored, values = gptq.quantize(module.weight, hessians[leader], recipe)
-                        weights[f"layers.{i}.{name}.weight"] = stored
-                        module.weight.copy_(values)
+                group = [(name, modules[name], recipe.for_projection(name)) for name in members]
+                if recipe.calibration == "awq":  # one scale per input: members share it
+                    s = awq.scale([m.weight for _, m, _ in group], [own for _, _, own in group], hessians[leader])
+                for name, module, own in group:
+                    if recipe.calibration == "awq":
+                        stored = module.weight * s
+                        values = quant.weight(stored, own)
+                        module.input_scale = scales[f"layers.{i}.{name}"] = 1 / s
+                    elif quant.quantizable(own, tuple(module.weight.shape)):
+                        stored, values = gptq.quantize(module.weight, hessians[leader], own)
+                    else:
+                        continue
+                    weights[f"layers.{i}.{name}.weight"] = stored
+                    module.weight.copy_(values)
             hidden = _run_all(decoder, layer, runs, hidden)
-    return Calibration(weights, len(runs), sum(t.shape[1] for _, t in runs), time.monotonic() - began)
+    return Calibration(weights, len(runs), sum(t.shape[1] for _, t in runs), time.monotonic() - began, scales)
 
 
 def _hessians(decoder: Decoder, layer, leaders: dict[str, LoraLinear], runs, hidden) -> dict[str, torch.Tensor]:

@@ -45,6 +45,8 @@ def export_bundle(
     stage: Callable[[str], None] = lambda s: None,
     embedder: Path | None = None,
     calibration_samples: int = 0,
+    int8_projections: tuple[str, ...] | None = None,
+    calibration_method: str = "gptq",
 ) -> Path:
     """Export `targets` into a new bundle at `out` (written aside, renamed into place when complete).
 
@@ -52,8 +54,10 @@ def export_bundle(
     golden reference (transformers+peft) read them, the tokenizer (its output constraints compiled), each
     target's mode and quant -- so bad input fails in seconds, not after the targets are built. `embedder` (a sentence-transformers BERT folder)
     is exported for every target too; None leaves the bundle without one (retrieval then runs on torch).
-    `calibration_samples` > 0: GPTQ base weights (`memlora.export.calibrate`), computed once per grid the
-    targets' recipes share, then packed by each target as usual."""
+    `calibration_samples` > 0: base weights calibrated by `calibration_method` (GPTQ or AWQ,
+    `memlora.export.calibrate`), computed once per grid the targets' recipes share, then packed by each
+    target as usual. `int8_projections`: what a lower-bit recipe
+    keeps at 8 bits (None: each target's own choice)."""
     from memlora import constrain, pipeline, prompts
     from memlora.adapters import load_checked_adapters
     from memlora.session import load_tokenizer
@@ -84,7 +88,8 @@ def export_bundle(
                                                           for _, m, _ in golden.golden_messages()])
     source = None if embedder is None else embedder_export.read_source(embedder)
     request = target.TargetRequest(model_dir, adapters, mode, quant, block_size, config.max_context, embedding_int8,
-                                   calibration_samples)
+                                   calibration_samples, calibration_method=calibration_method,
+                                   int8_projections=int8_projections)
     for exporter in exporters.values():
         target.check_request(exporter, request)
     with bundle.staging(out) as tmp:
@@ -93,7 +98,7 @@ def export_bundle(
             recipe = exporter.recipe(request)
             req, calibrated = request, {}
             if recipe.calibration != "none":  # computed once per grid the targets share (calibrate's memo)
-                stage(f"calibrate: GPTQ for int{recipe.bits} {recipe.scale_rule} "
+                stage(f"calibrate: {recipe.calibration.upper()} for int{recipe.bits} {recipe.scale_rule} "
                       f"({recipe.calibration_samples} prompts per operation)")
                 calibration = calibrate.calibrate(model_dir, adapters, recipe)
                 req = replace(request, calibration=calibration)
@@ -147,10 +152,14 @@ def main(
                                                      "with (default: the packaged all-MiniLM-L6-v2)")] = None,
     no_embedder: Annotated[bool, typer.Option("--no-embedder", help="no embedder in the bundle (retrieval runs "
                                               "on torch)")] = False,
-    calibrate: Annotated[bool, typer.Option("--calibrate", help="GPTQ base weights from the memory operations' "
+    calibrate: Annotated[bool, typer.Option("--calibrate", help="calibrated base weights from the memory operations' "
                                             "own prompts instead of round-to-nearest (int4, int8; separable)")] = False,
+    calibration_method: Annotated[str, typer.Option("--calibration-method", help="gptq | awq, with --calibrate")] = "gptq",
     calibration_samples: Annotated[Optional[int], typer.Option(
         "--calibration-samples", help=f"calibration prompts per operation with --calibrate [{CALIBRATION_SAMPLES}]")] = None,
+    int8_projections: Annotated[Optional[str], typer.Option(
+        "--int8-projections", help="projections an int4 recipe keeps at 8 bits, comma-separated (q_proj ... "
+        "down_proj, lm_head; '' for none) [executorch: k_proj,v_proj,lm_head]")] = None,
 ) -> None:
     """Export the model and its adapters into a bundle (manifest, tokenizer, artifacts, golden traces)."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -175,6 +184,10 @@ def main(
     samples = (CALIBRATION_SAMPLES if calibration_samples is None else calibration_samples) if calibrate else 0
     if calibrate and samples <= 0:
         raise MemloraError(f"--calibration-samples {samples}: must be a positive number of prompts")
+    if calibration_method not in ("gptq", "awq"):
+        raise MemloraError(f"--calibration-method {calibration_method}: choose gptq or awq")
+    if calibration_method != "gptq" and not calibrate:
+        raise MemloraError(f"--calibration-method {calibration_method} needs --calibrate")
     targets = [t.strip() for t in target.split(",") if t.strip()]
     with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn()) as progress:
         current: list = []
@@ -189,7 +202,9 @@ def main(
 
         path = export_bundle(model_dir, adapters_dir, targets, mode, quant, block_size, out, max_context,
                              embedding_int8=embedding_int8, stage=stage, embedder=embedder,
-                             calibration_samples=samples)
+                             calibration_samples=samples, calibration_method=calibration_method,
+                             int8_projections=None if int8_projections is None else
+                             tuple(p.strip() for p in int8_projections.split(",") if p.strip()))
         stage("done")
         progress.update(current[-1], total=1, completed=1)
     typer.echo(f"bundle written to {path}")

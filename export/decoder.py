@@ -173,6 +173,9 @@ class LoraLinear(nn.Module):
         self.rank = rank
         self.chunks = chunks
         self.linear_layout = False
+        self.register_buffer("input_scale", None, persistent=False)
+        """[in] or None: the base weight is stored scaled per input channel and its input multiplied by this
+        (AWQ, `memlora.export.awq`); the LoRA branch sees the input as it is."""
         if rank:
             self.lora_a = nn.Parameter(torch.zeros(d_in, rank), requires_grad=False)
             shape = (len(chunks), rank // self.members, d_out // len(chunks)) if chunks else (rank, d_out)
@@ -222,8 +225,11 @@ class LoraLinear(nn.Module):
         out = torch.matmul(h.transpose(0, 1), self.lora_b)  # [chunks, N, width]: one batched matmul
         return out.transpose(0, 1).reshape(x.shape[0], -1, self.weight.shape[0])
 
+    def base_input(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.input_scale is None else x * self.input_scale
+
     def forward(self, x: torch.Tensor, gate: torch.Tensor | None = None) -> torch.Tensor:
-        y = nn.functional.linear(x, self.weight, self.bias)
+        y = nn.functional.linear(self.base_input(x), self.weight, self.bias)
         return y + self.lora(x, gate) if self.rank else y
 
 
@@ -407,6 +413,8 @@ class Decoder(nn.Module):
 
     def merge_lora(self) -> None:
         """Fold the active adapter into the base weights (exact in fp32) and zero the slots."""
+        if any(m.input_scale is not None for m in self.lora_modules().values()):
+            raise MemloraError("AWQ-scaled base weights hold no adapter: they are exported separable only")
         with torch.no_grad():
             for m in self.lora_modules().values():
                 m.weight += m.lora(torch.eye(m.weight.shape[1])[None]).squeeze(0).T
@@ -441,6 +449,7 @@ class Decoder(nn.Module):
                     lin.weight.copy_(torch.cat([p.weight for p in parts]))
                     if lin.bias is not None:
                         lin.bias.copy_(torch.cat([p.bias for p in parts]))
+                lin.input_scale = parts[0].input_scale  # one per input, so members share it (awq.GROUPS)
                 setattr(block, fused, lin)
                 for m in members:
                     delattr(block, m)

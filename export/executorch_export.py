@@ -51,6 +51,7 @@ import torch
 from torch import nn
 
 from memlora.errors import MemloraError
+from memlora.recipe import QuantRecipe
 
 from . import executorch_quant
 from .calibrate import Calibration, load_decoder
@@ -152,16 +153,16 @@ def is_base_linear(module: nn.Module) -> bool:
     return isinstance(module, (LoraLinear, nn.Linear))
 
 
-def _finish(decoder: Decoder, quant: str, block_size: int, embedding_int8: bool) -> EtDecoder:
+def _finish(decoder: Decoder, recipe: QuantRecipe) -> EtDecoder:
     for m in decoder.lora_modules().values():
         m.to_linear_layout()  # one XNNPACK partition per run of linears, not one per LoRA matmul
     module = EtDecoder(decoder).eval()
-    executorch_quant.quantize_model(module, quant, block_size, embedding_int8, is_base_linear)
+    executorch_quant.quantize_model(module, recipe, is_base_linear)
     return module
 
 
 def build_module(model_dir: Path, max_context: int, adapter: Adapter | None, slots, merge: bool,
-                 quant: str, block_size: int, embedding_int8: bool, calibration: Calibration | None = None) -> EtDecoder:
+                 recipe: QuantRecipe, calibration: Calibration | None = None) -> EtDecoder:
     """The decoder of one merged program: with `adapter` in its LoRA slots (or folded in when `merge`),
     quantized (from the calibrated base weights, if given)."""
     decoder = load_decoder(model_dir, max_context, slots if adapter is not None else None, calibration)
@@ -169,18 +170,17 @@ def build_module(model_dir: Path, max_context: int, adapter: Adapter | None, slo
         fill_slots(decoder, adapter)
         if merge:
             decoder = decoder.merged()
-    return _finish(decoder, quant, block_size, embedding_int8)
+    return _finish(decoder, recipe)
 
 
-def build_stacked(model_dir: Path, max_context: int, adapters: dict[str, Adapter], slots, quant: str,
-                  block_size: int, embedding_int8: bool, calibration: Calibration | None = None,
-                  ) -> tuple[EtDecoder, dict[str, tuple[int, int]]]:
+def build_stacked(model_dir: Path, max_context: int, adapters: dict[str, Adapter], slots, recipe: QuantRecipe,
+                  calibration: Calibration | None = None) -> tuple[EtDecoder, dict[str, tuple[int, int]]]:
     """The decoder of a separable program: every adapter stacked in its slots behind a gate input (see
     `memlora.export.lora.stack_adapters`), quantized (from the calibrated base weights, if given); and each
     adapter's span of the gate."""
     decoder = load_decoder(model_dir, max_context, slots, calibration)
     spans = stack_adapters(decoder, adapters)
-    module = _finish(decoder, quant, block_size, embedding_int8)
+    module = _finish(decoder, recipe)
     module.gate_width = slots.rank * len(adapters)
     return module, spans
 
@@ -297,8 +297,9 @@ def export_target(req: TargetRequest, bundle_dir: Path, stage: Stage = lambda s:
     config = DecoderConfig.from_hf(req.model_dir, req.max_context)
     tok = load_tokenizer(req.model_dir)
     metadata = runner_metadata(config, eos_ids(config, tok))
+    recipe = EXPORTER.recipe(req)
     build = lambda adapter, merge: build_module(req.model_dir, req.max_context, adapter, slots, merge,  # noqa: E731
-                                                req.quant, req.block_size, req.embedding_int8, req.calibration)
+                                                recipe, req.calibration)
     files: list[Path] = []
     programs: dict[str, str] = {}
     methods: dict[str, str] = {}
@@ -307,8 +308,8 @@ def export_target(req: TargetRequest, bundle_dir: Path, stage: Stage = lambda s:
     if req.mode == "separable":
         stage(f"executorch: build and quantize ({req.quant}, {len(req.adapters)} adapters stacked)")
         if req.adapters:
-            module, spans = build_stacked(req.model_dir, req.max_context, req.adapters, slots, req.quant,
-                                          req.block_size, req.embedding_int8, req.calibration)
+            module, spans = build_stacked(req.model_dir, req.max_context, req.adapters, slots, recipe,
+                                          req.calibration)
             methods = {name: BASE_METHOD for name in req.adapters}
             gates = {"width": module.gate_width, "adapters": {name: list(span) for name, span in spans.items()}}
         else:
@@ -342,4 +343,4 @@ def export_target(req: TargetRequest, bundle_dir: Path, stage: Stage = lambda s:
 
 
 EXPORTER = Exporter("executorch", "ExecuTorch", executorch_quant.QUANTS, executorch_quant.recipe, export_target,
-                    refused=executorch_quant.REFUSED, options=frozenset({"embedding_int8"}))
+                    refused=executorch_quant.REFUSED, options=frozenset({"embedding_int8", "int8_projections"}))

@@ -158,7 +158,7 @@ def activation(x: torch.Tensor, recipe: QuantRecipe) -> torch.Tensor:
 
 def _quantized_forward(recipe: QuantRecipe):
     def forward(self: LoraLinear, x: torch.Tensor, gate: torch.Tensor | None = None) -> torch.Tensor:
-        y = nn.functional.linear(activation(x, recipe), self.weight, self.bias)
+        y = nn.functional.linear(activation(self.base_input(x), recipe), self.weight, self.bias)
         if self.rank:  # the LoRA branch stays float on the float input, as in the exported programs
             y = y + self.lora(x, gate)
         return y
@@ -178,10 +178,11 @@ def quantize_decoder(decoder: Decoder, recipe: QuantRecipe) -> None:
             p.copy_(p.half().float())
     embed = decoder.embed_tokens.weight
     original = embed.detach().clone()
-    for module in decoder.modules():
+    for name, module in decoder.named_modules():
         if isinstance(module, LoraLinear) and recipe.weights != "float":
-            quantized = quantizable(recipe, tuple(module.weight.shape))
-            module.weight.copy_(weight(module.weight, recipe))
+            own = recipe.for_projection(name)
+            quantized = quantizable(own, tuple(module.weight.shape))
+            module.weight.copy_(weight(module.weight, own))
             if quantized and recipe.activations != "float":
                 module.forward = types.MethodType(_quantized_forward(recipe), module)
     if recipe.embedding == "as_weights":
@@ -194,7 +195,7 @@ def quantize_decoder(decoder: Decoder, recipe: QuantRecipe) -> None:
     if tied and recipe.embedding == "as_weights":
         head_w = embed  # one tensor in the program: quantized once, above
     else:
-        head_w = weight(original if tied else decoder.lm_head.weight, recipe)
+        head_w = weight(original if tied else decoder.lm_head.weight, recipe.for_projection("lm_head"))
 
     def head(x: torch.Tensor) -> torch.Tensor:
         return nn.functional.linear(activation(decoder.norm(x), recipe), head_w)

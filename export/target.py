@@ -43,10 +43,15 @@ class TargetRequest:
     embedding_int8: bool = False
     """int8 weight-only token embeddings (targets whose `Exporter.options` list it)."""
     calibration_samples: int = 0
-    """GPTQ on this many calibration prompts per operation (`--calibrate`); 0: round-to-nearest."""
+    """Calibrate on this many prompts per operation (`--calibrate`); 0: round-to-nearest."""
+    calibration_method: str = "gptq"
+    """`memlora.recipe.Calibration` used when `calibration_samples` > 0 (`--calibration-method`)."""
     calibration: Calibration | None = None
     """The calibrated base weights for this target's recipe, computed before its export (`memlora.export.
     command`); the exporter loads its decoder with them (`memlora.export.calibrate.load_decoder`)."""
+    int8_projections: tuple[str, ...] | None = None
+    """Projections kept at 8 bits in a lower-bit recipe (`QuantRecipe.int8_projections`, `--int8-projections`);
+    None: the target's own choice (targets whose `Exporter.options` list it)."""
 
 
 @dataclass(frozen=True)
@@ -67,12 +72,12 @@ class Exporter:
     """Target-specific refusals (e.g. a reserved adapter name): the problem, or None."""
 
     def recipe(self, req: TargetRequest) -> QuantRecipe:
-        """The recipe `req` gets: the target's own, with GPTQ codes when the request asks (`check_request`
+        """The recipe `req` gets: the target's own, calibrated when the request asks (`check_request`
         refuses a calibration the recipe cannot take)."""
         own = self.own_recipe(req)
         if not req.calibration_samples:
             return own
-        return replace(own, calibration="gptq", calibration_samples=req.calibration_samples)
+        return replace(own, calibration=req.calibration_method, calibration_samples=req.calibration_samples)
 
 
 def load(name: str) -> Exporter:
@@ -94,6 +99,8 @@ def check_request(exporter: Exporter, req: TargetRequest) -> None:
         raise fail(f"--quant {req.quant} is not supported (choose from {', '.join(exporter.quants)})")
     if req.embedding_int8 and "embedding_int8" not in exporter.options:
         raise fail("--embedding-int8 is not supported (only targets that quantize the embedding table alone take it)")
+    if req.int8_projections is not None and "int8_projections" not in exporter.options:
+        raise fail("--int8-projections is not supported (only targets with mixed-precision kernels take it)")
     if req.calibration_samples:
         if req.mode != "separable":
             raise fail(f"--calibrate needs --mode separable: --mode {req.mode} folds each adapter into the base "
@@ -102,6 +109,10 @@ def check_request(exporter: Exporter, req: TargetRequest) -> None:
         if weights != "linear":
             raise fail(f"--calibrate chooses integer codes; --quant {req.quant} stores {weights} weights "
                        "(calibrate int4 or int8)")
+    try:
+        exporter.recipe(req)
+    except ValueError as e:  # a combination of options the recipe cannot hold
+        raise fail(str(e)) from e
     problem = exporter.check(req)
     if problem:
         raise fail(problem)

@@ -9,7 +9,7 @@ and picks its limits by `scheme`; bench counts the bytes a decode step reads fro
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from functools import cache
 from typing import Literal, get_args, get_origin, get_type_hints
 
@@ -32,12 +32,16 @@ Uneven = Literal["pad", "skip"]
 Embedding = Literal["float", "as_weights", "int8_row"]
 """The token embedding table: compute-precision floats; quantized like the base weights; int8 weight-only with
 one half-range scale per row."""
-Calibration = Literal["none", "gptq"]
-"""How linear codes are chosen: round-to-nearest, or GPTQ (error feedback on the memory operations' own prompts,
-`memlora.export.calibrate`), on the same grid the runtime's packer derives."""
+Calibration = Literal["none", "gptq", "awq"]
+"""How linear codes are chosen, on the grid the runtime's packer derives: round-to-nearest; GPTQ (error feedback
+on the memory operations' own prompts, `memlora.export.calibrate`); or AWQ (per-input-channel scales multiplied
+into the weights and divided out of their inputs, searched on the same prompts, `memlora.export.awq`)."""
+
+PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head")
+"""The base projections a recipe can name (the decoder's module names; ``lm_head``: the output head)."""
 
 COMPUTE_BITS = {"fp32": 32, "fp16": 16}
-ADDED_LATER = {"calibration": "none", "calibration_samples": 0}
+ADDED_LATER = {"calibration": "none", "calibration_samples": 0, "int8_projections": []}
 """Fields manifests written before them lack (memlora <= 0.4.1), with the value those bundles had."""
 
 
@@ -64,6 +68,10 @@ class QuantRecipe:
     calibration: Calibration = "none"
     calibration_samples: int = 0
     """Calibration prompts per memory operation (0 when uncalibrated): with the seeds, what reproduces them."""
+    int8_projections: tuple[str, ...] = ()
+    """Mixed precision: projections (`PROJECTIONS`, in every layer) whose weights keep 8-bit codes with one
+    scale per output channel instead of `bits` in blocks -- where 4-bit codes cost the most agreement per byte
+    (measured: docs/executorch.md). Activations in front of them are quantized as everywhere else."""
     notes: str = ""
 
     def __post_init__(self) -> None:
@@ -92,7 +100,23 @@ class QuantRecipe:
             return f"calibration {self.calibration} chooses linear codes; {self.weights} weights have none"
         if (self.calibration == "none") != (self.calibration_samples == 0) or self.calibration_samples < 0:
             return "calibration_samples is a positive count exactly when calibrated"
+        if not isinstance(self.int8_projections, tuple):
+            return "int8_projections is a tuple of projection names"
+        unknown = [p for p in self.int8_projections if p not in PROJECTIONS]
+        if unknown:
+            return f"int8_projections {unknown} are not projections ({', '.join(PROJECTIONS)})"
+        if self.int8_projections and (self.weights != "linear" or self.bits >= 8):
+            return "int8_projections widen some projections of a linear recipe with fewer than 8 bits"
+        if "lm_head" in self.int8_projections and (not self.lm_head or self.embedding == "as_weights"):
+            return "int8_projections names lm_head, which this recipe leaves in float or stores as the embedding"
         return None
+
+    def for_projection(self, name: str) -> QuantRecipe:
+        """The recipe one projection is stored with (`name` a module path or name: ``layers.3.self_attn.v_proj``,
+        ``lm_head``): this one, or 8-bit per-channel codes where `int8_projections` names it."""
+        if name.rsplit(".", 1)[-1] not in self.int8_projections:
+            return self
+        return replace(self, bits=8, block_size=None, int8_projections=())
 
     @property
     def weight_bits(self) -> int:
@@ -105,7 +129,7 @@ class QuantRecipe:
         return {"float": COMPUTE_BITS[self.compute], "as_weights": self.weight_bits, "int8_row": 8}[self.embedding]
 
     def to_json(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "int8_projections": list(self.int8_projections)}
 
     @classmethod
     def from_json(cls, data: object, where: str) -> QuantRecipe:
@@ -114,6 +138,8 @@ class QuantRecipe:
             raise MemloraError(f"{where}: quantization recipe is not an object")
         names = {f.name for f in fields(cls)}
         data = {**ADDED_LATER, **data}
+        if isinstance(data["int8_projections"], list):
+            data["int8_projections"] = tuple(data["int8_projections"])
         unknown, missing = sorted(set(data) - names), sorted(names - set(data))
         if unknown or missing:
             raise MemloraError(f"{where}: quantization recipe has {'unknown ' + str(unknown) if unknown else ''}"

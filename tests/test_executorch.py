@@ -66,16 +66,20 @@ def _three_calls(module, *gate) -> np.ndarray:
                                module(torch.tensor([PROMPT[10:]]), torch.tensor([10]), *gate)])
 
 
+def recipe(quant: str, mode: str = "separable", **options):
+    return ee.EXPORTER.recipe(TargetRequest(None, {}, mode, quant, 32, CTX, **options))
+
+
 def reference(tiny_model, adapter, quant: str = "fp32", ctx: int = CTX) -> np.ndarray:
     """The same three calls on a one-adapter export module in eager PyTorch (same quantization)."""
     slots = unify_slots([adapter]) if adapter else None
-    return _three_calls(ee.build_module(tiny_model, ctx, adapter, slots, False, quant, 32, False))
+    return _three_calls(ee.build_module(tiny_model, ctx, adapter, slots, False, recipe(quant, "merged")))
 
 
 def stacked_reference(tiny_model, adapters, name, quant: str) -> np.ndarray:
     """The three calls on the separable program's own module (every adapter stacked, `name` gated on) in
     eager PyTorch: isolates conversion."""
-    module, spans = ee.build_stacked(tiny_model, CTX, adapters, unify_slots(adapters.values()), quant, 32, False)
+    module, spans = ee.build_stacked(tiny_model, CTX, adapters, unify_slots(adapters.values()), recipe(quant))
     gate = torch.from_numpy(gate_vector(module.gate_width, spans.get(name)))
     return _three_calls(module, gate)
 
@@ -131,6 +135,19 @@ def test_export_load_run(exported, tiny_model, adapters, mode, quant):
             # attention runs on ExecuTorch's LLM kernels, no linear does
             assert "custom_sdpa" in stats["outside_delegates"]
             assert not set(stats["outside_delegates"]) & set(ee.LINEAR_OPS)
+
+
+def test_int4_program_keeps_the_recipes_int8_projections_at_8_bits(tiny_model, adapters):
+    """The mixed int4 recipe reaches torchao: k/v and the head hold int8 per-channel codes, the rest int4 in
+    groups (the lowered program is checked against this module in `test_export_load_run`)."""
+    module, _ = ee.build_stacked(tiny_model, CTX, adapters, unify_slots(adapters.values()), recipe("int4"))
+    attn = module.decoder.layers[0].self_attn
+    widths = {n: module.lm_head.weight.shape[1] if n == "lm_head" else attn.q_proj.weight.shape[1] for n in ("q", "lm_head")}
+    kinds = {n: (w.target_dtype, w.block_size[1]) for n, w in (("q", attn.q_proj.weight), ("k", attn.k_proj.weight),
+                                                               ("v", attn.v_proj.weight), ("lm_head", module.lm_head.weight))}
+    assert kinds == {"q": (torch.int4, 32), "k": (torch.int8, widths["q"]), "v": (torch.int8, widths["q"]),
+                     "lm_head": (torch.int8, widths["lm_head"])}
+    assert recipe("int4", int8_projections=()).for_projection("layers.0.self_attn.v_proj").bits == 4
 
 
 def test_portable_linear_and_weight_only_are_refused(tiny_model):

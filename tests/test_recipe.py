@@ -18,8 +18,9 @@ from memlora.recipe import ADDED_LATER, QuantRecipe, _choices
 
 
 def request(mode: str = "separable", quant_: str = "fp32", adapters=None, embedding_int8: bool = False,
-            calibration_samples: int = 0) -> TargetRequest:
-    return TargetRequest(None, adapters or {}, mode, quant_, 32, 64, embedding_int8, calibration_samples)
+            calibration_samples: int = 0, int8_projections=None) -> TargetRequest:
+    return TargetRequest(None, adapters or {}, mode, quant_, 32, 64, embedding_int8, calibration_samples,
+                         int8_projections=int8_projections)
 
 
 def every_recipe():
@@ -69,6 +70,14 @@ def test_the_schema_enumerates_exactly_the_recipe_choices():
      "calibration_samples is a positive count"),
     ({"scheme": "int4", "weights": "linear", "bits": 4, "scale_rule": "max_to_min", "calibration_samples": 4},
      "calibration_samples is a positive count"),
+    ({"scheme": "int4", "weights": "linear", "bits": 4, "scale_rule": "half_range", "int8_projections": ("wq",)},
+     r"int8_projections \['wq'\] are not projections"),
+    ({"scheme": "int8", "weights": "linear", "bits": 8, "scale_rule": "half_range", "int8_projections": ("v_proj",)},
+     "widen some projections of a linear recipe with fewer than 8 bits"),
+    ({"scheme": "int4", "weights": "linear", "bits": 4, "scale_rule": "half_range", "int8_projections": ("lm_head",)},
+     "names lm_head, which this recipe leaves in float"),
+    ({"scheme": "int4", "weights": "linear", "bits": 4, "scale_rule": "half_range", "int8_projections": ["v_proj"]},
+     "a tuple of projection names"),
 ])
 def test_an_inconsistent_recipe_is_refused(fields, problem):
     with pytest.raises(ValueError, match=problem):
@@ -101,6 +110,11 @@ def test_a_manifest_recipe_with_unknown_or_missing_fields_names_the_file():
      "--quant pal4 stores palette weights"),
     ("executorch", request("merged", "int4", calibration_samples=4), "ExecuTorch export: --calibrate needs --mode "
      "separable: --mode merged folds each adapter into the base weights"),
+    ("onnx", request(quant_="int4", int8_projections=("v_proj",)), "ONNX export: --int8-projections is not supported"),
+    ("executorch", request(quant_="int8", int8_projections=("v_proj",)), "ExecuTorch export: quantization recipe "
+     "int8: int8_projections widen some projections"),
+    ("executorch", request(quant_="int4", int8_projections=("wq",)), "ExecuTorch export: quantization recipe int4: "
+     "int8_projections ['wq'] are not projections"),
 ])
 def test_one_check_refuses_what_a_target_cannot_export_in_one_style(name, req, message):
     with pytest.raises(MemloraError) as info:
@@ -113,6 +127,21 @@ def test_every_exporter_accepts_what_it_lists():
         check_request(exporters.load(name), request(mode, q))
     check_request(exporters.load("executorch"), request(embedding_int8=True))
     assert exporters.load("executorch").recipe(request(embedding_int8=True)).embedding_bits == 8
+
+
+def test_mixed_precision_widens_the_named_projections_only():
+    """ExecuTorch int4 keeps k/v and the head at 8-bit per-channel codes unless asked otherwise; the choice
+    is in the manifest's recipe, and `for_projection` is what every packer and the simulation read."""
+    mixed = exporters.load("executorch").recipe(request(quant_="int4"))
+    assert mixed.int8_projections == ("k_proj", "v_proj", "lm_head")
+    assert QuantRecipe.from_json(json.loads(json.dumps(mixed.to_json())), "m") == mixed
+    assert mixed.for_projection("layers.3.self_attn.q_proj") is mixed
+    wide = mixed.for_projection("layers.3.self_attn.v_proj")
+    assert (wide.bits, wide.block_size, wide.activations, wide.scale_rule) == (8, None, "int8_token_asym", "half_range")
+    assert mixed.for_projection("lm_head") == wide
+    plain = exporters.load("executorch").recipe(request(quant_="int4", int8_projections=()))
+    assert plain.int8_projections == () and plain.for_projection("layers.0.self_attn.v_proj") is plain
+    assert exporters.load("executorch").recipe(request(quant_="int8")).int8_projections == ()
 
 
 def test_bytes_a_step_reads_come_from_the_recipe():
