@@ -159,7 +159,7 @@ def main(
         "--calibration-samples", help=f"calibration prompts per operation with --calibrate [{CALIBRATION_SAMPLES}]")] = None,
     int8_projections: Annotated[Optional[str], typer.Option(
         "--int8-projections", help="projections an int4 recipe keeps at 8 bits, comma-separated (q_proj ... "
-        "down_proj, lm_head; '' for none) [executorch: k_proj,v_proj,down_proj,lm_head]")] = None,
+        "down_proj, lm_head; '' for none) [executorch: k_proj,v_proj,up_proj,down_proj,lm_head]")] = None,
 ) -> None:
     """Export the model and its adapters into a bundle (manifest, tokenizer, artifacts, golden traces)."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn

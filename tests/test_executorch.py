@@ -138,7 +138,7 @@ def test_export_load_run(exported, tiny_model, adapters, mode, quant):
 
 
 def test_int4_program_keeps_the_recipes_int8_projections_at_8_bits(tiny_model, adapters):
-    """The mixed int4 recipe reaches torchao: k/v, down and the head hold int8 per-channel codes, the rest
+    """The mixed int4 recipe reaches torchao: k/v, up, down and the head hold int8 per-channel codes, the rest
     int4 in groups (the lowered program is checked against this module in `test_export_load_run`)."""
     module, _ = ee.build_stacked(tiny_model, CTX, adapters, unify_slots(adapters.values()), recipe("int4"))
     layer = module.decoder.layers[0]
@@ -147,7 +147,7 @@ def test_int4_program_keeps_the_recipes_int8_projections_at_8_bits(tiny_model, a
     kinds = {n: (w.target_dtype, w.block_size[1]) for n, w in weights.items()}
     per_channel = {n: w.shape[1] for n, w in weights.items()}
     assert kinds == {"q": (torch.int4, 32), "k": (torch.int8, per_channel["k"]), "v": (torch.int8, per_channel["v"]),
-                     "up": (torch.int4, 32), "down": (torch.int8, per_channel["down"]),
+                     "up": (torch.int8, per_channel["up"]), "down": (torch.int8, per_channel["down"]),
                      "lm_head": (torch.int8, per_channel["lm_head"])}
     assert recipe("int4", int8_projections=()).for_projection("layers.0.self_attn.v_proj").bits == 4
 

@@ -130,10 +130,10 @@ def test_every_exporter_accepts_what_it_lists():
 
 
 def test_mixed_precision_widens_the_named_projections_only():
-    """ExecuTorch int4 keeps k/v, down and the head at 8-bit per-channel codes unless asked otherwise; the choice
+    """ExecuTorch int4 keeps k/v, up, down and the head at 8-bit per-channel codes unless asked otherwise; the choice
     is in the manifest's recipe, and `for_projection` is what every packer and the simulation read."""
     mixed = exporters.load("executorch").recipe(request(quant_="int4"))
-    assert mixed.int8_projections == ("k_proj", "v_proj", "down_proj", "lm_head")
+    assert mixed.int8_projections == ("k_proj", "v_proj", "up_proj", "down_proj", "lm_head")
     assert QuantRecipe.from_json(json.loads(json.dumps(mixed.to_json())), "m") == mixed
     assert mixed.for_projection("layers.3.self_attn.q_proj") is mixed
     wide = mixed.for_projection("layers.3.self_attn.v_proj")
