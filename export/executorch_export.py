@@ -261,7 +261,7 @@ def lower(programs: dict, metadata: dict, separate: bool, stage: Stage = lambda 
     """XNNPACK lowering of every method together, then the ExecuTorch program (cache shared across
     methods; base weights external when `separate`). Returns (executorch program, delegation per method)."""
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
-    from executorch.exir import ExecutorchBackendConfig, to_edge_transform_and_lower
+    from executorch.exir import EdgeCompileConfig, ExecutorchBackendConfig, to_edge_transform_and_lower
     from executorch.exir.passes import MemoryPlanningPass
     from executorch.exir.passes.sym_shape_eval_pass import ConstraintBasedSymShapeEvalPass
 
@@ -269,7 +269,11 @@ def lower(programs: dict, metadata: dict, separate: bool, stage: Stage = lambda 
         for program in programs.values():
             tag_foundation(program)
     stage("executorch: decompose, partition and lower to XNNPACK")
-    edge = to_edge_transform_and_lower(programs, partitioner=[XnnpackPartitioner()], constant_methods=metadata)
+    # as ExecuTorch's own LLM export does: no IR re-verification after every pass, no dim-order ops (every
+    # tensor here is contiguous); `delegation` below still checks what was delegated
+    config = EdgeCompileConfig(_check_ir_validity=False, _skip_dim_order=True)
+    edge = to_edge_transform_and_lower(programs, partitioner=[XnnpackPartitioner()], constant_methods=metadata,
+                                       compile_config=config)
     stats = {m: delegation(edge, m) for m in programs}
     stage("executorch: memory planning and serialization")
     et = edge.to_executorch(ExecutorchBackendConfig(
