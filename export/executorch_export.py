@@ -311,18 +311,19 @@ class MergedJob:
     out_dir: Path
 
 
-def export_merged(job: MergedJob, threads: int) -> tuple[dict, list[Path], float]:
-    """Build, torch.export, lower and write one merged program; returns its delegation stats, its files and
-    the seconds it took (a worker's share of the export)."""
+def export_merged(job: MergedJob, threads: int) -> tuple[dict, list[Path]]:
+    """Build, torch.export, lower and write one merged program; returns its delegation stats (with the
+    seconds it took, a worker's share of the export) and its files."""
     torch.set_num_threads(threads)
     began = time.monotonic()
     module = build_module(job.model_dir, job.max_context, job.adapter, job.slots, True, job.recipe)
     et, stats = lower({BASE_METHOD: export_program(module)}, job.metadata, separate=False)
     files = write_program(et, job.out_dir / f"{job.name}.pte")
-    return stats, files, round(time.monotonic() - began, 1)
+    stats[BASE_METHOD]["export_seconds"] = round(time.monotonic() - began, 1)
+    return stats, files
 
 
-def run_merged(jobs: list[MergedJob], workers: int) -> list[tuple[dict, list[Path], float]]:
+def run_merged(jobs: list[MergedJob], workers: int) -> list[tuple[dict, list[Path]]]:
     """The merged programs, `workers` at a time in fresh processes: each program's lowering is single-threaded
     Python, so on N cores N programs lower in the time of one. Results in the order of `jobs`."""
     if workers <= 1:
@@ -373,8 +374,8 @@ def export_target(req: TargetRequest, bundle_dir: Path, stage: Stage = lambda s:
         workers = min(len(jobs), os.cpu_count() or 1)
         stage(f"executorch: {len(jobs)} merged programs ({req.quant}): build, torch.export and lower, "
               f"{workers} at a time")
-        for job, (per_method, written, seconds) in zip(jobs, run_merged(jobs, workers)):
-            stats[job.name] = {**per_method, BASE_METHOD: {**per_method[BASE_METHOD], "export_seconds": seconds}}
+        for job, (per_method, written) in zip(jobs, run_merged(jobs, workers)):
+            stats[job.name] = per_method
             files += written
             programs[job.name] = f"{TARGET}/{job.name}.pte"
             if job.adapter is not None:
