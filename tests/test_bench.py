@@ -4,7 +4,6 @@ arithmetic, agreement, and the report's keys. No timing assertions: only that fi
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -147,6 +146,33 @@ def test_report_has_the_issue_keys(onnx_bundle, tmp_path):
     assert json.loads((tmp_path / "r.json").read_text())["results"][0]["target"] == "onnx"
     assert (tmp_path / "r.png").stat().st_size > 1000
     assert "| memlora onnx separable | fp32 |" in (tmp_path / "b.md").read_text()
+
+
+def test_adapter_peer_is_judged_against_the_same_adapter(onnx_bundle, tmp_path):
+    """A peer running the bench adapter's LoRA agrees with the adapter reference, counts its LoRA file's bytes,
+    and is the peer the decode goal compares with, while the no-adapter rows stay beside it."""
+    art = our_artifacts([onnx_bundle], ["onnx"])[0]
+    ref = {"float32": {**_measured([1, 2, 3, 4], 10.0), "extra_tokens": {"None": [1, 8, 8, 8]}},
+           "bfloat16": _measured([1, 2, 3, 4], 20.0)}
+    ours = [{**art, **_measured([1, 2, 3, 4], 40.0)}]
+    lora = tmp_path / "extract.lora.f32.gguf"
+    lora.write_bytes(b"\0" * 1000)
+    common = {"name": "llama.cpp", "precision": "Q8_0", "precision_class": "fp32", "size_mb": 1.0,
+              "path": str(onnx_bundle / "manifest.json")}
+    base_peer = {**common, **_measured([1, 8, 8, 8], 100.0), "lora": None}
+    lora_peer = {**common, **_measured([1, 2, 3, 9], 30.0), "lora": str(lora)}
+    cfg = {"num_attention_heads": 4, "num_key_value_heads": 2, "hidden_size": 64, "num_hidden_layers": 2}
+    result = summary.assemble({"cpu": "x", "cores": 2, "cpu_flags": [], "memory_gib": 1, "os": "Linux",
+                               "hostname": "h", "load_average_start": [1.0, 1.0, 1.0]}, 30.0, TINY, [1] * 48, cfg,
+                              ref, ours, [base_peer, lora_peer])
+    no_adapter, with_adapter = result["peers"]
+    assert no_adapter["adapter"] is None and no_adapter["agreement"]["agree_tokens"] == 4
+    assert with_adapter["adapter"] == "extract" and with_adapter["agreement"]["agree_tokens"] == 3
+    assert with_adapter["bytes_per_token"] - no_adapter["bytes_per_token"] == 1000
+    decode = next(g for g in result["goals"] if g["goal"].startswith("best separable decode"))
+    assert decode["value"] == pytest.approx(40 / 30) and decode["met"]  # not 40 / 100: the base peer runs no LoRA
+    assert "llama.cpp Q8_0 + extract LoRA" in decode["detail"]
+    assert set(result["results"][0]["vs_peers"]) == {"llama.cpp Q8_0", "llama.cpp Q8_0 + extract LoRA"}
 
 
 def test_peer_error_keeps_the_error_not_the_warnings():

@@ -130,12 +130,14 @@ def run_bench(
     peer_arts, peer_rows = [], []
     for name in peer_names:
         try:
-            peer_arts += peers.prepare(name, model_dir, config.prompt_tokens + config.decode_tokens + 64,
+            peer_arts += peers.prepare(name, model_dir, adapters_dir / BENCH_ADAPTER,
+                                       config.prompt_tokens + config.decode_tokens + 64,
                                        config.threads, log)
         except MemloraError as e:
             log(f"  peer {name} unavailable: {e}")
             peer_rows.append({"name": name, "error": str(e)})
-    theirs = [(f"peer {i}: {a.peer} {a.precision}", a) for i, a in enumerate(peer_arts)]
+    theirs = [(f"peer {i}: {a.peer} {a.precision}{f' + {BENCH_ADAPTER} LoRA' if a.lora else ''}", a)
+              for i, a in enumerate(peer_arts)]
     jobs: list[tuple[str, Callable[[], dict]]] = [
         *((label, lambda job=job: measure_in_subprocess(job)) for label, job in refs.values()),
         *((label, lambda job=job: measure_in_subprocess(job)) for label, _, job in our_jobs + genai_jobs),
@@ -165,7 +167,8 @@ def run_bench(
     reference = {dtype: summary.merge_rounds(runs[label]) for dtype, (label, _) in refs.items()}
     ours = [row(label, art) for label, art, _ in our_jobs]
     through_genai = [row(label, art) for label, art, _ in genai_jobs]
-    peer_rows += [row(label, {"name": a.peer, "precision": a.precision}) for label, a in theirs]
+    peer_rows += [row(label, {"name": a.peer, "precision": a.precision, "lora": a.lora and str(a.lora)})
+                  for label, a in theirs]
 
     info["load_average_end"] = list(os.getloadavg())
     # measured again at the end and the best kept: a busy moment at the start must not lower the limit

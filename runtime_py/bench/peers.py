@@ -22,6 +22,8 @@ from memlora.paths import home
 
 SCRIPTS = Path(__file__).parent / "peer_scripts"
 TORCH = "torch==2.13.0"  # a local CPU wheel; an unpinned torch would pull a multi-GB CUDA build
+LLAMA_CPP_PYTHON = "llama-cpp-python==0.3.36"
+"""The llama.cpp the peer is built from, and whose vendored converters turn our adapters into GGUF LoRA."""
 
 
 @dataclass(frozen=True)
@@ -48,13 +50,18 @@ ENVS = {
     "llama-cpp": PeerEnv("llama-cpp", (
         ("numpy<2.4",),
         ("--no-binary", "llama-cpp-python", "--no-cache-dir", "--config-settings=build-dir={venv}.build",
-         "--config-settings=build.targets=llama;llama-common", "llama-cpp-python==0.3.36"),
+         "--config-settings=build.targets=llama;llama-common", LLAMA_CPP_PYTHON),
     ), build_env=(("CMAKE_BUILD_PARALLEL_LEVEL", "2"),
                   # not GGML_NATIVE: -march=native turns on ggml's AMX kernels where the CPU lists AMX, and
                   # the quantized models then die with SIGILL in a VM that does not grant AMX tile state
                   ("CMAKE_ARGS", "-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON "
                                  "-DGGML_AVX512=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON "
                                  "-DLLAMA_CURL=OFF -DLLAVA_BUILD=OFF"))),
+    # llama.cpp's own converter scripts, with the versions its requirements-convert_hf_to_gguf.txt pins
+    "llama-cpp-convert": PeerEnv("llama-cpp-convert", (
+        (TORCH, "transformers==4.57.6", "numpy~=2.2.6", "sentencepiece>=0.1.98,<0.3.0", "protobuf>=4.21.0,<5.0.0",
+         "safetensors", "pyyaml", "tqdm", "requests"),
+    )),
 }
 
 
@@ -146,18 +153,22 @@ class PeerArtifact:
     precision_class: str
     path: Path
     env: str
+    lora: Path | None = None
+    """A GGUF LoRA file the peer applies at run time (the bench adapter), or None for the base model alone."""
 
 
-def _prepared(name: str, job: dict, want: list[str]) -> dict[str, Path]:
-    """Run a peer's preparation once; its outputs (name -> path) are recorded in a stamp and reused."""
-    out = artifacts_root() / name
+def _prepared(name: str, job: dict, want: list[str], out: Path | None = None, script: str | None = None
+              ) -> dict[str, Path]:
+    """Run a preparation once in venv `name` (`script`, default the peer's own) writing into `out` (default
+    ``artifacts_root()/name``); its outputs (name -> path) are recorded in a stamp and reused."""
+    out = out or artifacts_root() / name
     stamp = out / "prepared.json"
     if stamp.is_file():
         done = {k: Path(v) for k, v in json.loads(stamp.read_text()).items()}
         if all(k in done and done[k].is_file() for k in want):
             return done
     out.mkdir(parents=True, exist_ok=True)
-    rows = run_peer(name, SCRIPTS_FOR_ENV[name], {**job, "out_dir": str(out)})
+    rows = run_peer(name, script or SCRIPTS_FOR_ENV[name], {**job, "out_dir": str(out)})
     done = {r["name"]: Path(r["path"]) for r in rows}
     stamp.write_text(json.dumps({k: str(v) for k, v in done.items()}))
     return done
@@ -168,8 +179,22 @@ SCRIPTS_FOR_ENV = {"optimum-onnx": "optimum_onnx_peer.py", "executorch": "execut
 PEERS = tuple(SCRIPTS_FOR_ENV)
 
 
-def prepare(peer: str, model_dir: Path, max_context: int, threads: int, log=print) -> list[PeerArtifact]:
-    """Make the peer's artifacts of the model in `model_dir` (first use only) and list them."""
+def gguf_lora(model_dir: Path, adapter_dir: Path) -> Path:
+    """The GGUF LoRA file of one PEFT adapter, made by llama.cpp's own converter (first use only; keyed by the
+    adapter weights' sha256, so a retrained adapter is converted again)."""
+    from memlora.checksum import sha256_file
+
+    digest = sha256_file(adapter_dir / "adapter_model.safetensors")[:16]
+    done = _prepared("llama-cpp-convert", {"requirement": LLAMA_CPP_PYTHON, "model_dir": str(model_dir),
+                                           "adapters": {adapter_dir.name: str(adapter_dir)}},
+                     [adapter_dir.name], artifacts_root() / "llama-cpp-lora" / digest, "llama_cpp_convert.py")
+    return done[adapter_dir.name]
+
+
+def prepare(peer: str, model_dir: Path, adapter_dir: Path, max_context: int, threads: int, log=print
+            ) -> list[PeerArtifact]:
+    """Make the peer's artifacts of the model in `model_dir` (first use only) and list them; a peer that
+    applies LoRA at run time (llama.cpp) gets rows with the adapter in `adapter_dir` active too."""
     log(f"peer {peer}: preparing artifacts")
     if peer == "optimum-onnx":
         done = _prepared(peer, {"action": "export", "model_dir": str(model_dir)},
@@ -187,14 +212,17 @@ def prepare(peer: str, model_dir: Path, max_context: int, threads: int, log=prin
         outputs = {k: str(artifacts_root() / peer / f"{model_dir.name}.{k}.gguf") for k in kinds}
         done = _prepared(peer, {"action": "quantize", "source": str(source), "outputs": outputs, "threads": threads},
                          list(kinds))
-        rows = [PeerArtifact("llama.cpp", k, c, done[k], peer) for k, c in kinds.items()]
-        return rows + [PeerArtifact("llama.cpp", "Q4_1", "int4", source, peer)]
+        files = [(k, c, done[k]) for k, c in kinds.items()] + [("Q4_1", "int4", source)]
+        lora = gguf_lora(model_dir, adapter_dir)
+        return [PeerArtifact("llama.cpp", k, c, path, peer, adapter) for adapter in (None, lora)
+                for k, c, path in files]
     raise MemloraError(f"unknown peer {peer!r}; choose from {', '.join(PEERS)}")
 
 
 def measure_peer(artifact: PeerArtifact, settings: dict) -> dict:
     """Time one peer artifact in its venv (a fresh process, so peak RSS is its own)."""
-    job = {**settings, "action": "measure", "path": str(artifact.path)}
+    job = {**settings, "action": "measure", "path": str(artifact.path),
+           "lora": None if artifact.lora is None else str(artifact.lora)}
     row = run_peer(artifact.env, SCRIPTS_FOR_ENV[artifact.env], job)[0]
     return {"name": artifact.peer, "precision": artifact.precision, "precision_class": artifact.precision_class,
-            "path": str(artifact.path), **row}
+            "path": str(artifact.path), "lora": job["lora"], **row}

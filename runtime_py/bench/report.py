@@ -61,7 +61,8 @@ def rows(result: dict) -> list[dict]:
     out += [{"who": f"memlora {r['target']} {r['mode']}", "what": r["precision"], **r} for r in result["results"]]
     out += [{"who": f"onnxruntime-genai (its loop) on memlora onnx {r['mode']}", "what": r["precision"], **r}
             for r in result.get("genai", [])]
-    out += [{"who": p["name"], "what": p.get("precision", ""), **p} for p in result["peers"]]
+    out += [{"who": p["name"] + (f" + {p['adapter']} LoRA" if p.get("adapter") else ""), "what": p.get("precision", ""),
+             **p} for p in result["peers"]]
     return out
 
 
@@ -121,7 +122,10 @@ def write_markdown(result: dict, path: Path, plot: Path | None) -> None:
         f"Ours decode through `memlora.generate` with the `{s['adapter']}` adapter active; 'onnxruntime-genai (its "
         "loop)' rows run the same ONNX bundles through onnxruntime-genai's own API and generation loop with the same "
         "adapter (`og.Adapters`), asked for exactly the same token count (`min_length`, so eos is never picked); "
-        "peers run the base model in their own virtual environments with their own loops.",
+        "peers run in their own virtual environments with their own loops: the base model, and for llama.cpp "
+        f"also with the same `{s['adapter']}` adapter applied at run time ('+ {s['adapter']} LoRA' rows: our PEFT "
+        "adapter converted to a GGUF LoRA file by llama.cpp's own `convert_lora_to_gguf.py`), the peers the "
+        "decode goal compares with.",
         "",
         f"Machine: {m['cpu']}, {m['cores']} cores ({', '.join(m['cpu_flags'])}), {m['memory_gib']} GiB, {m['os']}, "
         f"host `{m['hostname']}`. Load average at start {', '.join(f'{x:.1f}' for x in m['load_average_start'])}, "
@@ -131,7 +135,7 @@ def write_markdown(result: dict, path: Path, plot: Path | None) -> None:
         "",
         "The roofline is bandwidth ÷ bytes read per decoded token (weights once, one embedding row, the KV cache "
         "at the mean decode position). First divergent token: the first greedy token that differs from eager fp32 "
-        "(same adapter for ours, base model for peers); 'all N' means identical.",
+        "(same adapter for ours and the LoRA rows, base model for the other peers); 'all N' means identical.",
         "",
         table(result),
         "",

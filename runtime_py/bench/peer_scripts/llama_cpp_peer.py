@@ -3,7 +3,8 @@
 ``action: quantize`` -- write the requested llama.cpp file types from a source GGUF with
 ``llama_model_quantize`` (requantizing is allowed: the source is the Q4_1 GGUF the model ships as, whose
 dequantized weights are exactly the fp32 checkpoint memlora uses, so every GGUF is the same model).
-``action: measure`` -- greedy prefill/decode of the job's prompt ids on one GGUF, 2 threads.
+``action: measure`` -- greedy prefill/decode of the job's prompt ids on one GGUF, 2 threads, with the job's
+GGUF LoRA file applied at run time when it names one (``lora``; llama.cpp scales it by the alpha / r it stores).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ def quantize(job: dict) -> list[dict]:
 def measure(job: dict) -> list[dict]:
     llm = llama_cpp.Llama(job["path"], n_ctx=len(job["prompt"]) + job["decode_tokens"] + 16, n_batch=512,
                           n_ubatch=512, n_threads=job["threads"], n_threads_batch=job["threads"],
-                          logits_all=False, verbose=False)
+                          logits_all=False, verbose=False, lora_path=job.get("lora"))
     vocab = llm.n_vocab()
 
     def logits():
