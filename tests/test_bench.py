@@ -159,8 +159,9 @@ def test_adapter_peer_is_judged_against_the_same_adapter(onnx_bundle, tmp_path):
     lora.write_bytes(b"\0" * 1000)
     common = {"name": "llama.cpp", "precision": "Q8_0", "precision_class": "fp32", "size_mb": 1.0,
               "path": str(onnx_bundle / "manifest.json")}
-    base_peer = {**common, **_measured([1, 8, 8, 8], 100.0), "lora": None}
-    lora_peer = {**common, **_measured([1, 2, 3, 9], 30.0), "lora": str(lora)}
+    base_peer = {**common, **_measured([1, 8, 8, 8], 100.0), "adapter": None, "lora": None}
+    lora_peer = {**common, **_measured([1, 2, 3, 9], 30.0), "adapter": "extract",
+                 "lora": str(lora)}
     cfg = {"num_attention_heads": 4, "num_key_value_heads": 2, "hidden_size": 64, "num_hidden_layers": 2}
     result = summary.assemble({"cpu": "x", "cores": 2, "cpu_flags": [], "memory_gib": 1, "os": "Linux",
                                "hostname": "h", "load_average_start": [1.0, 1.0, 1.0]}, 30.0, TINY, [1] * 48, cfg,

@@ -136,7 +136,7 @@ def run_bench(
         except MemloraError as e:
             log(f"  peer {name} unavailable: {e}")
             peer_rows.append({"name": name, "error": str(e)})
-    theirs = [(f"peer {i}: {a.peer} {a.precision}{f' + {BENCH_ADAPTER} LoRA' if a.lora else ''}", a)
+    theirs = [(f"peer {i}: {a.peer} {a.precision}{f' + {a.adapter} LoRA' if a.adapter else ''}", a)
               for i, a in enumerate(peer_arts)]
     jobs: list[tuple[str, Callable[[], dict]]] = [
         *((label, lambda job=job: measure_in_subprocess(job)) for label, job in refs.values()),
@@ -167,7 +167,8 @@ def run_bench(
     reference = {dtype: summary.merge_rounds(runs[label]) for dtype, (label, _) in refs.items()}
     ours = [row(label, art) for label, art, _ in our_jobs]
     through_genai = [row(label, art) for label, art, _ in genai_jobs]
-    peer_rows += [row(label, {"name": a.peer, "precision": a.precision, "lora": a.lora and str(a.lora)})
+    peer_rows += [row(label, {"name": a.peer, "precision": a.precision, "adapter": a.adapter,
+                                     "lora": a.lora and str(a.lora)})
                   for label, a in theirs]
 
     info["load_average_end"] = list(os.getloadavg())

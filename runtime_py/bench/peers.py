@@ -153,8 +153,10 @@ class PeerArtifact:
     precision_class: str
     path: Path
     env: str
+    adapter: str | None = None
+    """The adapter active in this row (the bench adapter), or None for the base model alone."""
     lora: Path | None = None
-    """A GGUF LoRA file the peer applies at run time (the bench adapter), or None for the base model alone."""
+    """The GGUF LoRA file a peer applies at run time (llama.cpp); None where the adapter is inside the program."""
 
 
 def _prepared(name: str, job: dict, want: list[str], out: Path | None = None, script: str | None = None
@@ -179,15 +181,19 @@ SCRIPTS_FOR_ENV = {"optimum-onnx": "optimum_onnx_peer.py", "executorch": "execut
 PEERS = tuple(SCRIPTS_FOR_ENV)
 
 
-def gguf_lora(model_dir: Path, adapter_dir: Path) -> Path:
-    """The GGUF LoRA file of one PEFT adapter, made by llama.cpp's own converter (first use only; keyed by the
-    adapter weights' sha256, so a retrained adapter is converted again)."""
+def adapter_digest(adapter_dir: Path) -> str:
+    """Keys an artifact made with an adapter, so a retrained adapter is made again."""
     from memlora.checksum import sha256_file
 
-    digest = sha256_file(adapter_dir / "adapter_model.safetensors")[:16]
+    return sha256_file(adapter_dir / "adapter_model.safetensors")[:16]
+
+
+def gguf_lora(model_dir: Path, adapter_dir: Path) -> Path:
+    """The GGUF LoRA file of one PEFT adapter, made by llama.cpp's own converter (first use only)."""
     done = _prepared("llama-cpp-convert", {"requirement": LLAMA_CPP_PYTHON, "model_dir": str(model_dir),
                                            "adapters": {adapter_dir.name: str(adapter_dir)}},
-                     [adapter_dir.name], artifacts_root() / "llama-cpp-lora" / digest, "llama_cpp_convert.py")
+                     [adapter_dir.name], artifacts_root() / "llama-cpp-lora" / adapter_digest(adapter_dir),
+                     "llama_cpp_convert.py")
     return done[adapter_dir.name]
 
 
@@ -201,11 +207,17 @@ def prepare(peer: str, model_dir: Path, adapter_dir: Path, max_context: int, thr
                          ["fp32", "int8"])
         return [PeerArtifact("optimum-onnx + onnxruntime", q, q, done[q], peer) for q in ("fp32", "int8")]
     if peer == "executorch":
+        job = {"action": "export", "model_dir": str(model_dir), "group_size": 32, "max_seq_length": max_context,
+               "max_context_length": max_context}
         modes = {"fp32": None, "8da4w": "8da4w"}
-        done = _prepared(peer, {"action": "export", "model_dir": str(model_dir), "modes": modes, "group_size": 32,
-                          "max_seq_length": max_context, "max_context_length": max_context}, list(modes))
-        return [PeerArtifact("ExecuTorch export_llm (XNNPACK)", "fp32", "fp32", done["fp32"], peer),
-                PeerArtifact("ExecuTorch export_llm (XNNPACK)", "8da4w g32", "int4", done["8da4w"], peer)]
+        done = _prepared(peer, {**job, "modes": modes}, list(modes))
+        # its LoRA path bakes the adapter into the program: one more program, keyed by the adapter
+        lora = _prepared(peer, {**job, "modes": {"8da4w": "8da4w"}, "adapters": {"8da4w": str(adapter_dir)}},
+                         ["8da4w"], artifacts_root() / "executorch-lora" / adapter_digest(adapter_dir))
+        name = "ExecuTorch export_llm (XNNPACK)"
+        return [PeerArtifact(name, "fp32", "fp32", done["fp32"], peer),
+                PeerArtifact(name, "8da4w g32", "int4", done["8da4w"], peer),
+                PeerArtifact(name, "8da4w g32", "int4", lora["8da4w"], peer, adapter_dir.name)]
     if peer == "llama-cpp":
         source = shipped_gguf(artifacts_root() / peer)
         kinds = {"F32": "fp32", "Q8_0": "int8", "Q4_0": "int4"}
@@ -214,7 +226,7 @@ def prepare(peer: str, model_dir: Path, adapter_dir: Path, max_context: int, thr
                          list(kinds))
         files = [(k, c, done[k]) for k, c in kinds.items()] + [("Q4_1", "int4", source)]
         lora = gguf_lora(model_dir, adapter_dir)
-        return [PeerArtifact("llama.cpp", k, c, path, peer, adapter) for adapter in (None, lora)
+        return [PeerArtifact("llama.cpp", k, c, path, peer, *active) for active in ((), (adapter_dir.name, lora))
                 for k, c, path in files]
     raise MemloraError(f"unknown peer {peer!r}; choose from {', '.join(PEERS)}")
 
@@ -225,4 +237,4 @@ def measure_peer(artifact: PeerArtifact, settings: dict) -> dict:
            "lora": None if artifact.lora is None else str(artifact.lora)}
     row = run_peer(artifact.env, SCRIPTS_FOR_ENV[artifact.env], job)[0]
     return {"name": artifact.peer, "precision": artifact.precision, "precision_class": artifact.precision_class,
-            "path": str(artifact.path), "lora": job["lora"], **row}
+            "path": str(artifact.path), "adapter": artifact.adapter, "lora": job["lora"], **row}

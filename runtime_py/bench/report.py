@@ -122,10 +122,11 @@ def write_markdown(result: dict, path: Path, plot: Path | None) -> None:
         f"Ours decode through `memlora.generate` with the `{s['adapter']}` adapter active; 'onnxruntime-genai (its "
         "loop)' rows run the same ONNX bundles through onnxruntime-genai's own API and generation loop with the same "
         "adapter (`og.Adapters`), asked for exactly the same token count (`min_length`, so eos is never picked); "
-        "peers run in their own virtual environments with their own loops: the base model, and for llama.cpp "
-        f"also with the same `{s['adapter']}` adapter applied at run time ('+ {s['adapter']} LoRA' rows: our PEFT "
-        "adapter converted to a GGUF LoRA file by llama.cpp's own `convert_lora_to_gguf.py`), the peers the "
-        "decode goal compares with.",
+        "peers run in their own virtual environments with their own loops: the base model, and also with the "
+        f"same `{s['adapter']}` adapter ('+ {s['adapter']} LoRA' rows, the peers the decode goal compares with): "
+        "llama.cpp applies our PEFT adapter at run time, converted to a GGUF LoRA file by llama.cpp's own "
+        "`convert_lora_to_gguf.py`; ExecuTorch `export_llm` builds it into the program through its own LoRA path "
+        "(`base.lora_config`).",
         "",
         f"Machine: {m['cpu']}, {m['cores']} cores ({', '.join(m['cpu_flags'])}), {m['memory_gib']} GiB, {m['os']}, "
         f"host `{m['hostname']}`. Load average at start {', '.join(f'{x:.1f}' for x in m['load_average_start'])}, "

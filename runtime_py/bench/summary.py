@@ -158,7 +158,7 @@ def assemble(machine: dict, bw: float, config: BenchConfig, prompt: list[int], m
             peer_out.append(p)
             continue
         row = {"name": p["name"], "precision": p["precision"], "precision_class": p["precision_class"],
-               **flatten(p), "path": p["path"], "adapter": BENCH_ADAPTER if p.get("lora") else None}
+               **flatten(p), "path": p["path"], "adapter": p.get("adapter")}
         with_roofline(row, *peer_bytes(p, kv))
         row["agreement"] = (agreement(p["tokens"], ref_tokens, "eager fp32, same adapter") if row["adapter"] else
                             agreement(p["tokens"], base_tokens, "eager fp32, no adapter"))

@@ -3,7 +3,9 @@
 
 ``action: export`` -- turn the HF checkpoint into the Meta-llama layout `export_llm` reads (a key rename
 and the q/k RoPE row permutation HF applied when converting from Meta), write the model's params, and run
-`export_llm` once per requested quantization mode (``fp32`` or e.g. ``8da4w`` with group 32). Its smollm2
+`export_llm` once per requested quantization mode (``fp32`` or e.g. ``8da4w`` with group 32), with a PEFT
+adapter through its LoRA path (``base.lora_config``) for the modes ``adapters`` names. That path renames the
+adapter's keys only, so its q/k LoRA B rows get the same RoPE permutation as the base q/k here. Its smollm2
 weight converter needs torchtune (broken with this torchao) and its 135M params are not in the wheel, so
 both are done here; the model class is the llama one SmolLM2's class derives from unchanged.
 ``action: measure`` -- greedy prefill/decode of the job's prompt ids on one `.pte`, 2 threads.
@@ -61,14 +63,39 @@ def meta_checkpoint(model_dir: Path, out: Path) -> dict:
     return params
 
 
+def meta_adapter(adapter_dir: Path, model_dir: Path, out: Path) -> list[str]:
+    """The PEFT adapter with its q/k LoRA B rows in the base's permuted order, as `export_llm`'s
+    ``lora_config`` lines (the adapter_config.json it reads rank, alpha and targets from)."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    cfg = json.loads((model_dir / "config.json").read_text())
+    heads = {"q_proj": cfg["num_attention_heads"], "k_proj": cfg["num_key_value_heads"]}
+    sd = load_file(str(adapter_dir / "adapter_model.safetensors"))
+    for key, value in sd.items():
+        module = key.split(".")[-3]
+        if module in heads and ".lora_B." in key:
+            sd[key] = unpermute(value, heads[module]).contiguous()
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(sd, str(out / "adapter_model.safetensors"))
+    shutil.copy(adapter_dir / "adapter_config.json", out / "adapter_config.json")
+    return ["  lora_config:", f"    adapter_checkpoint: {out / 'adapter_model.safetensors'}",
+            f"    adapter_config: {out / 'adapter_config.json'}"]
+
+
 def export(job: dict) -> list[dict]:
     out = Path(job["out_dir"])
     out.mkdir(parents=True, exist_ok=True)
     meta_checkpoint(Path(job["model_dir"]), out)
+    adapters = job.get("adapters", {})
     rows = []
     for name, qmode in job["modes"].items():
         lines = ["base:", "  model_class: llama3", f"  checkpoint: {out / 'checkpoint.pth'}",
-                 f"  params: {out / 'params.json'}", "model:", "  use_kv_cache: true",
+                 f"  params: {out / 'params.json'}",
+                 *(meta_adapter(Path(adapters[name]), Path(job["model_dir"]), out / f"{name}.adapter")
+                   if name in adapters else []),
+                 "model:", "  use_kv_cache: true",
                  "  use_sdpa_with_kv_cache: true", "  enable_dynamic_shape: true", "  dtype_override: fp32",
                  "export:", f"  max_seq_length: {job['max_seq_length']}",
                  f"  max_context_length: {job['max_context_length']}", f"  output_dir: {out}",
