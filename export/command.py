@@ -105,8 +105,9 @@ def export_bundle(
                 calibrated = {"calibration": calibration.manifest_entry(recipe)}
             entries[name] = {"mode": mode, "quantization": recipe.to_json(), **calibrated,
                              **exporter.export(req, tmp, stage)}
-        embedder_entry = {} if source is None else {
-            "embedder": embedder_export.export_embedder(source, {name: quant for name in exporters}, tmp, stage)}
+        embedded = {name: quant for name in exporters if name in embedder_export.EXPORTS}  # gguf: none yet
+        embedder_entry = {} if source is None or not embedded else {
+            "embedder": embedder_export.export_embedder(source, embedded, tmp, stage)}
         stage("tokenizer")
         tok_entry = bundle.copy_tokenizer(model_dir, tmp)
         model = bundle.model_entry(config, model_dir.name, tokenizer)

@@ -39,6 +39,9 @@ class Grid:
     fp16: bool
     width: int
     """The weight's input size (the last block may be zero-padded past it)."""
+    scales16: bool = False
+    """The runtime stores each scale as fp16 beside fp32 compute (llama.cpp's blocks): codes are rounded on the
+    fp32 scale, values are codes times its fp16 rounding."""
 
     def codes(self, blocks: torch.Tensor) -> torch.Tensor:
         """Round-to-nearest integer codes of `blocks` (broadcastable to `scale`) on this grid."""
@@ -49,7 +52,7 @@ class Grid:
 
     def values(self, codes: torch.Tensor) -> torch.Tensor:
         """What the runtime computes with for `codes` (torchao's half-range kernels are fp32 only)."""
-        product = codes * self.scale
+        product = codes * (self.scale.half().float() if self.scales16 else self.scale)
         return product if self.rule == "half_range" else _half(product, self.fp16)
 
 
@@ -57,7 +60,8 @@ def _half(t: torch.Tensor, fp16: bool) -> torch.Tensor:
     return t.half().float() if fp16 else t
 
 
-def grid(w: torch.Tensor, bits: int, block: int | None, rule: str, fp16: bool = False) -> tuple[Grid, torch.Tensor]:
+def grid(w: torch.Tensor, bits: int, block: int | None, rule: str, fp16: bool = False,
+         scales16: bool = False) -> tuple[Grid, torch.Tensor]:
     """The grid of `w` [out, in] (symmetric, blockwise along the input axis; ``block`` None: per output
     channel) under a `memlora.recipe.ScaleRule`, and `w` as the blocks it scales ([out, n_blocks, block], the
     last zero-padded; `fp16`: weights, scales and products are fp16 values, as a Core ML program holds them)."""
@@ -72,12 +76,13 @@ def grid(w: torch.Tensor, bits: int, block: int | None, rule: str, fp16: bool = 
         scale = torch.clamp(amax / ((hi - lo) / 2), min=TINY)
     else:
         raise ValueError(f"unknown scale rule {rule!r}")
-    return Grid(scale, lo, hi, rule, fp16, k), blocks
+    return Grid(scale, lo, hi, rule, fp16, k, scales16), blocks
 
 
-def linear(w: torch.Tensor, bits: int, block: int | None, rule: str, fp16: bool = False) -> torch.Tensor:
+def linear(w: torch.Tensor, bits: int, block: int | None, rule: str, fp16: bool = False,
+           scales16: bool = False) -> torch.Tensor:
     """Symmetric blockwise round-to-nearest quantize-dequantize of `w` [out, in] (see `grid`)."""
-    g, blocks = grid(w, bits, block, rule, fp16)
+    g, blocks = grid(w, bits, block, rule, fp16, scales16)
     return g.values(g.codes(blocks)).reshape(w.shape[0], -1)[:, : g.width].contiguous()
 
 
@@ -137,7 +142,7 @@ def weight(w: torch.Tensor, recipe: QuantRecipe) -> torch.Tensor:
         return w.half().float() if fp16 else w
     if recipe.weights == "palette":
         return palettize(w, recipe.bits, recipe.block_size)
-    return linear(w, recipe.bits, recipe.block_size, recipe.scale_rule, fp16)
+    return linear(w, recipe.bits, recipe.block_size, recipe.scale_rule, fp16, recipe.scale_dtype == "fp16")
 
 
 def activation(x: torch.Tensor, recipe: QuantRecipe) -> torch.Tensor:
@@ -147,7 +152,8 @@ def activation(x: torch.Tensor, recipe: QuantRecipe) -> torch.Tensor:
         blocks = nn.functional.pad(x, (0, (-k) % size)).unflatten(-1, (-1, size))
         scale = blocks.abs().amax(-1, keepdim=True) / 127
         scale = torch.where(scale == 0, torch.ones_like(scale), scale)
-        return (torch.clamp(torch.round(blocks / scale), -127, 127) * scale).flatten(-2)[..., :k]
+        stored = scale.half().float() if recipe.scale_dtype == "fp16" else scale
+        return (torch.clamp(torch.round(blocks / scale), -127, 127) * stored).flatten(-2)[..., :k]
     if recipe.activations == "int8_token_asym":  # torchao's choose_qparams_affine, ASYMMETRIC, per token
         lo, hi = torch.clamp(x.amin(-1, keepdim=True), max=0), torch.clamp(x.amax(-1, keepdim=True), min=0)
         scale = torch.clamp((hi - lo) / 255, min=TINY)

@@ -27,6 +27,7 @@ TARGETS = {
     "onnx": "memlora.export.onnx_export",
     "executorch": "memlora.export.executorch_export",
     "coreml": "memlora.export.coreml_export",
+    "gguf": "memlora.export.gguf_export",
 }
 
 

@@ -27,6 +27,9 @@ ScaleRule = Literal["none", "max_to_min", "restricted", "half_range"]
 Activations = Literal["float", "int8_block", "int8_token_asym"]
 """Dynamic activation quantization in front of a quantized matmul: none; symmetric int8 per block of
 `act_block` inputs (MatMulNBits accuracy level 4); asymmetric int8 per token (torchao 8da)."""
+ScaleDtype = Literal["fp32", "fp16"]
+"""How a block's scale is stored (weights and int8 activations): as computed, or rounded to fp16 beside fp32
+compute (llama.cpp's Q8_0/Q4_0 blocks), which is what the products use; codes are rounded on the fp32 scale."""
 Uneven = Literal["pad", "skip"]
 """A weight whose axis the blocks do not tile: quantized with a zero-padded last block, or left in float."""
 Embedding = Literal["float", "as_weights", "int8_row"]
@@ -41,7 +44,7 @@ PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "
 """The base projections a recipe can name (the decoder's module names; ``lm_head``: the output head)."""
 
 COMPUTE_BITS = {"fp32": 32, "fp16": 16}
-ADDED_LATER = {"calibration": "none", "calibration_samples": 0, "int8_projections": []}
+ADDED_LATER = {"calibration": "none", "calibration_samples": 0, "int8_projections": [], "scale_dtype": "fp32"}
 """Fields manifests written before them lack (memlora <= 0.4.1), with the value those bundles had."""
 
 
@@ -58,6 +61,7 @@ class QuantRecipe:
     """linear: inputs sharing one scale (None: one scale per output channel); palette: output channels sharing
     one table."""
     scale_rule: ScaleRule = "none"
+    scale_dtype: ScaleDtype = "fp32"
     symmetric: bool = True
     uneven: Uneven = "pad"
     activations: Activations = "float"
@@ -90,6 +94,8 @@ class QuantRecipe:
                 return "float weights leave activations, head and embedding in float"
         elif self.bits not in (2, 3, 4, 6, 8):
             return f"bits {self.bits!r}: a quantized recipe stores 2-8 bit codes"
+        if self.scale_dtype == "fp16" and (self.weights != "linear" or self.compute != "fp32"):
+            return "fp16 scale storage is for linear codes under fp32 compute (fp16 compute rounds every scale)"
         if self.weights == "linear" and self.scale_rule == "none":
             return "linear weights need a scale rule"
         if self.weights == "palette" and (self.block_size is None or self.scale_rule != "none"):

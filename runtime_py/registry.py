@@ -19,6 +19,7 @@ BUNDLE_BACKENDS = {
     "onnx": "memlora.runtime.onnx_backend",
     "executorch": "memlora.runtime.executorch_backend",
     "coreml": "memlora.runtime.coreml_backend",
+    "gguf": "memlora.runtime.gguf_backend",
 }
 NAMES = ("torch", *BUNDLE_BACKENDS)
 EMBEDDER_BACKENDS = {

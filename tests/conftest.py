@@ -145,6 +145,13 @@ def et_bundle(tiny_model, taught_adapters, tiny_bert, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def gguf_bundle(tiny_model, taught_adapters, tiny_bert, tmp_path_factory):
+    """A separable fp32 GGUF bundle of the taught adapters (no embedder of its own: retrieval runs on torch)."""
+    return _export_tiny_bundle("gguf", tiny_model, taught_adapters, tmp_path_factory.mktemp("bundles") / "tiny-gguf",
+                               tiny_bert)
+
+
+@pytest.fixture(scope="session")
 def coreml_bundle(tiny_model, taught_adapters, tiny_bert, tmp_path_factory):
     """A separable Core ML bundle of the taught adapters (fp32 is Core ML's fp16)."""
     return _export_tiny_bundle("coreml", tiny_model, taught_adapters, tmp_path_factory.mktemp("bundles") / "tiny-coreml",

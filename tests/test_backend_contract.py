@@ -16,7 +16,7 @@ from memlora.backend import Backend
 from memlora.errors import MemloraError
 from memlora.runtime.registry import open_backend
 
-BUNDLES = {"onnx": "onnx_bundle", "executorch": "et_bundle", "coreml": "coreml_bundle"}
+BUNDLES = {"onnx": "onnx_bundle", "executorch": "et_bundle", "coreml": "coreml_bundle", "gguf": "gguf_bundle"}
 """Each bundle backend and the session fixture of its tiny bundle."""
 PROMPT = [5, 17, 42, 7, 99, 3, 250, 11, 64, 8, 120, 33, 301, 77, 12, 400]
 NEXT = [21, 9, 130]

@@ -14,9 +14,10 @@ from memlora.matrix import all_rows, select
 
 def test_the_rows_are_every_distinct_recipe_each_exporter_accepts():
     keys = [r.key for r in all_rows()]
-    assert len(keys) == len(set(keys)) == 20
+    assert len(keys) == len(set(keys)) == 23
     assert "coreml:merged:fp32" not in keys and "coreml:merged:fp16" in keys  # Core ML's fp32 is its fp16
-    assert {k.split(":")[0] for k in keys} == {"onnx", "executorch", "coreml"}
+    assert {k.split(":")[0] for k in keys} == {"onnx", "executorch", "coreml", "gguf"}
+    assert "gguf:separable:int4" in keys and "gguf:merged:fp32" not in keys  # llama.cpp applies LoRA at run time
     assert [r.key for r in select(all_rows(), "onnx:*:int8,coreml:separable:pal4")] == [
         "onnx:merged:int8", "onnx:separable:int8", "coreml:separable:pal4"]
 

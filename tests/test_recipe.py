@@ -18,8 +18,8 @@ from memlora.recipe import ADDED_LATER, QuantRecipe, _choices
 
 
 def request(mode: str = "separable", quant_: str = "fp32", adapters=None, embedding_int8: bool = False,
-            calibration_samples: int = 0, int8_projections=None) -> TargetRequest:
-    return TargetRequest(None, adapters or {}, mode, quant_, 32, 64, embedding_int8, calibration_samples,
+            calibration_samples: int = 0, int8_projections=None, model_dir=None) -> TargetRequest:
+    return TargetRequest(model_dir, adapters or {}, mode, quant_, 32, 64, embedding_int8, calibration_samples,
                          int8_projections=int8_projections)
 
 
@@ -44,7 +44,7 @@ def test_every_accepted_combination_has_a_recipe_the_schema_validates_and_json_r
             assert (calibrated.calibration, calibrated.calibration_samples) == ("gptq", 4)
             jsonschema.validate(calibrated.to_json(), recipe_schema)
             assert QuantRecipe.from_json(calibrated.to_json(), "m") == calibrated
-    assert seen == {(t, s) for t in ("onnx", "executorch") for s in ("fp32", "int8", "int4")} | \
+    assert seen == {(t, s) for t in ("onnx", "executorch", "gguf") for s in ("fp32", "int8", "int4")} | \
         {("coreml", s) for s in ("fp16", "int8", "int4", "pal4")}
 
 
@@ -115,6 +115,9 @@ def test_a_manifest_recipe_with_unknown_or_missing_fields_names_the_file():
      "int8: int8_projections widen some projections"),
     ("executorch", request(quant_="int4", int8_projections=("wq",)), "ExecuTorch export: quantization recipe int4: "
      "int8_projections ['wq'] are not projections"),
+    ("gguf", request("merged"), "GGUF export: --mode merged is not supported (choose from separable)"),
+    ("gguf", request(quant_="fp16"), "GGUF export: --quant fp16 is refused: this target's float type is F32"),
+    ("gguf", request(quant_="int8", calibration_samples=4), "GGUF export: --calibrate is not supported"),
 ])
 def test_one_check_refuses_what_a_target_cannot_export_in_one_style(name, req, message):
     with pytest.raises(MemloraError) as info:
@@ -122,9 +125,9 @@ def test_one_check_refuses_what_a_target_cannot_export_in_one_style(name, req, m
     assert str(info.value).startswith(message), str(info.value)
 
 
-def test_every_exporter_accepts_what_it_lists():
+def test_every_exporter_accepts_what_it_lists(tiny_model):
     for name, mode, q, _ in every_recipe():
-        check_request(exporters.load(name), request(mode, q))
+        check_request(exporters.load(name), request(mode, q, model_dir=tiny_model))
     check_request(exporters.load("executorch"), request(embedding_int8=True))
     assert exporters.load("executorch").recipe(request(embedding_int8=True)).embedding_bits == 8
 

@@ -19,11 +19,10 @@ from pathlib import Path
 from memlora.errors import MemloraError
 from memlora.model_wheel import shipped_gguf
 from memlora.paths import home
+from memlora.runtime.gguf_backend import REQUIREMENT as LLAMA_CPP_PYTHON
 
 SCRIPTS = Path(__file__).parent / "peer_scripts"
 TORCH = "torch==2.13.0"  # a local CPU wheel; an unpinned torch would pull a multi-GB CUDA build
-LLAMA_CPP_PYTHON = "llama-cpp-python==0.3.36"
-"""The llama.cpp the peer is built from, and whose vendored converters turn our adapters into GGUF LoRA."""
 
 
 @dataclass(frozen=True)

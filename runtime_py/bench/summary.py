@@ -74,6 +74,9 @@ def bytes_per_token(art: dict, adapter: str, kv_bytes: float, model_cfg: dict) -
         else:
             weights, _ = bandwidth.onnx_weight_bytes(root / entry["graphs"][adapter])
         return weights + kv_bytes, "graph initializers (embedding: one row) + adapter + KV cache"
+    if art["target"] == "gguf":  # a tied token_embd is the output head too: read whole every step
+        read = sum((root / f).stat().st_size for f in (entry["graphs"]["base"], entry["adapter_files"][adapter]))
+        return read + kv_bytes, "model file (a tied token_embd is the head) + LoRA file + KV cache"
     # program files (ExecuTorch, Core ML): the program this adapter runs, less what a step does not read --
     # all but one row of the token embedding and, where one program holds every adapter, the others' LoRA
     graph = entry["graphs"].get(adapter) or next(iter(entry["graphs"].values()))
