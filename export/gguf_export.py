@@ -13,9 +13,10 @@ interleaved pairs (Meta's order), so q/k weights and the q/k LoRA B rows are per
 ``convert_hf_to_gguf.py`` does. Qwen2 rotates halves in llama.cpp too: nothing is permuted.
 
 Weights are quantized by the ``gguf`` package's reference quantizers (the numerics of llama.cpp's own
-``quantize_row_*_ref``): int8 -> Q8_0, int4 -> Q4_0, blocks of 32 with one fp16 scale each; llama.cpp's CPU
-kernels quantize activations to Q8_0 (int8 per block of 32) in front of both. The token embedding is quantized
-like the projections and, tied, is the output head as well (llama.cpp reads ``token_embd`` for both).
+``quantize_row_*_ref``): int8 -> Q8_0 (symmetric), int4 -> Q4_1 (asymmetric: an fp16 scale and min per block),
+blocks of 32; llama.cpp's CPU kernels quantize activations to Q8_0 / Q8_1 (int8 per block of 32) in front of
+them. The token embedding is Q8_0 in both and, tied, is the output head as well (llama.cpp reads ``token_embd``
+for both), as in the GGUF the default model ships as.
 """
 
 from __future__ import annotations
@@ -36,10 +37,11 @@ TARGET = "gguf"
 MODEL_FILE = "model.gguf"
 BLOCK = 32
 """Q8_0 and Q4_0 blocks: 32 inputs share one scale."""
-FILE_TYPES = {"fp32": "ALL_F32", "int8": "MOSTLY_Q8_0", "int4": "MOSTLY_Q4_0"}
-TENSOR_TYPES = {"fp32": "F32", "int8": "Q8_0", "int4": "Q4_0"}
-SCALE_RULES = {"int8": "restricted", "int4": "max_to_min"}
-"""Q8_0: d = max|x| / 127; Q4_0: the value of largest magnitude maps to -8 (`memlora.recipe.ScaleRule`)."""
+FILE_TYPES = {"fp32": "ALL_F32", "int8": "MOSTLY_Q8_0", "int4": "MOSTLY_Q4_1"}
+TENSOR_TYPES = {"fp32": "F32", "int8": "Q8_0", "int4": "Q4_1"}
+SCALE_RULES = {"int8": "restricted", "int4": "min_max"}
+"""Q8_0: d = max|x| / 127; Q4_1: min -> code 0, max -> code 15 (`memlora.recipe.ScaleRule`). Q4_0 (symmetric,
+largest magnitude -> -8) was measured and fails parity on the default model: docs/gguf.md."""
 ARCHITECTURES = ("llama", "qwen2")
 PROJECTIONS = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
                "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
@@ -54,11 +56,11 @@ PRE_TOKENIZERS = {
 def own_recipe(req: TargetRequest) -> QuantRecipe:
     if req.quant == "fp32":
         return QuantRecipe("fp32", op="ggml mul_mat F32", notes="F32 weights and KV cache")
-    return QuantRecipe(req.quant, op=f"ggml mul_mat {TENSOR_TYPES[req.quant]} x Q8_0", weights="linear",
-                       bits=8 if req.quant == "int8" else 4, block_size=BLOCK, scale_rule=SCALE_RULES[req.quant],
-                       scale_dtype="fp16",
-                       activations="int8_block", act_block=BLOCK, lm_head=True, embedding="as_weights",
-                       notes="F32 norms, LoRA and KV cache")
+    int8 = req.quant == "int8"
+    return QuantRecipe(req.quant, op=f"ggml mul_mat {TENSOR_TYPES[req.quant]} x {'Q8_0' if int8 else 'Q8_1'}",
+                       weights="linear", bits=8 if int8 else 4, block_size=BLOCK, scale_rule=SCALE_RULES[req.quant],
+                       scale_dtype="fp16", symmetric=int8, activations="int8_block", act_block=BLOCK, lm_head=True,
+                       embedding="as_weights" if int8 else "q8_0", notes="F32 norms, LoRA and KV cache")
 
 
 def check(req: TargetRequest) -> str | None:
@@ -165,15 +167,15 @@ def _tokenizer_config(model_dir: Path) -> dict:
         raise MemloraError(f"{path}: cannot read the tokenizer config ({e})") from e
 
 
-def _tensor(writer, name: str, w: np.ndarray, quant: str) -> None:
-    """Add `w` (numpy [out, in] order) as `quant` stores it; vectors stay F32."""
+def _tensor(writer, name: str, w: np.ndarray, kind: str = "F32") -> None:
+    """Add `w` (numpy [out, in] order) as GGML type `kind` (``F32``, ``Q8_0``, ...); vectors stay F32."""
     import gguf
 
     w = np.ascontiguousarray(w, np.float32)
-    if w.ndim == 1 or quant == "fp32":
+    if w.ndim == 1 or kind == "F32":
         writer.add_tensor(name, w)
         return
-    qtype = gguf.GGMLQuantizationType[TENSOR_TYPES[quant]]
+    qtype = gguf.GGMLQuantizationType[kind]
     writer.add_tensor(name, gguf.quants.quantize(w, qtype), raw_dtype=qtype)
 
 
@@ -200,20 +202,21 @@ def write_model(req: TargetRequest, config: DecoderConfig, path: Path) -> None:
     writer.add_file_type(gguf.LlamaFileType[FILE_TYPES[req.quant]])
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
     _add_tokenizer(writer, req.model_dir, config)
-    _tensor(writer, "token_embd.weight", sd["model.embed_tokens.weight"], req.quant)
-    _tensor(writer, "output_norm.weight", sd["model.norm.weight"], req.quant)
+    kind = TENSOR_TYPES[req.quant]
+    _tensor(writer, "token_embd.weight", sd["model.embed_tokens.weight"],
+            "Q8_0" if own_recipe(req).embedding == "q8_0" else kind)
+    _tensor(writer, "output_norm.weight", sd["model.norm.weight"])
     if not config.tie_embeddings:
-        _tensor(writer, "output.weight", sd["lm_head.weight"], req.quant)
+        _tensor(writer, "output.weight", sd["lm_head.weight"], kind)
     for i in range(config.num_layers):
         prefix = f"model.layers.{i}"
         for hf, name in NORMS.items():
-            _tensor(writer, f"blk.{i}.{name}.weight", sd[f"{prefix}.{hf}.weight"], req.quant)
+            _tensor(writer, f"blk.{i}.{name}.weight", sd[f"{prefix}.{hf}.weight"])
         for module, name in PROJECTIONS.items():
-            _tensor(writer, f"blk.{i}.{name}.weight", _reorder(config, module, sd[f"{prefix}.{module}.weight"]),
-                    req.quant)
+            _tensor(writer, f"blk.{i}.{name}.weight", _reorder(config, module, sd[f"{prefix}.{module}.weight"]), kind)
             bias = sd.get(f"{prefix}.{module}.bias")
             if bias is not None:
-                _tensor(writer, f"blk.{i}.{name}.bias", bias, "fp32")
+                _tensor(writer, f"blk.{i}.{name}.bias", _reorder(config, module, bias))
     _write(writer, path)
 
 
@@ -230,8 +233,8 @@ def write_adapter(adapter: Adapter, config: DecoderConfig, path: Path) -> None:
         _, i, *rest = module.split(".")
         local = ".".join(rest)
         name = f"blk.{i}.{PROJECTIONS[local]}.weight"
-        _tensor(writer, f"{name}.lora_a", a.numpy(), "fp32")
-        _tensor(writer, f"{name}.lora_b", _reorder(config, local, b.numpy()), "fp32")
+        _tensor(writer, f"{name}.lora_a", a.numpy())
+        _tensor(writer, f"{name}.lora_b", _reorder(config, local, b.numpy()))
     _write(writer, path)
 
 

@@ -42,9 +42,14 @@ class Grid:
     scales16: bool = False
     """The runtime stores each scale as fp16 beside fp32 compute (llama.cpp's blocks): codes are rounded on the
     fp32 scale, values are codes times its fp16 rounding."""
+    offset: torch.Tensor | None = None
+    """[out, n_blocks, 1] the value code 0 stands for (``min_max``, asymmetric); None: symmetric."""
 
     def codes(self, blocks: torch.Tensor) -> torch.Tensor:
         """Round-to-nearest integer codes of `blocks` (broadcastable to `scale`) on this grid."""
+        if self.rule == "min_max":  # llama.cpp: trunc((x - min) * (1 / d) + 0.5), 0 where d is 0
+            inverse = torch.where(self.scale == 0, torch.zeros_like(self.scale), 1.0 / self.scale)
+            return torch.clamp(torch.floor((blocks - self.offset) * inverse + 0.5), self.lo, self.hi)
         if self.rule == "half_range":
             return torch.clamp(torch.round(blocks * (1.0 / self.scale)), self.lo, self.hi)
         safe = torch.where(self.scale == 0, torch.ones_like(self.scale), self.scale)
@@ -52,7 +57,9 @@ class Grid:
 
     def values(self, codes: torch.Tensor) -> torch.Tensor:
         """What the runtime computes with for `codes` (torchao's half-range kernels are fp32 only)."""
-        product = codes * (self.scale.half().float() if self.scales16 else self.scale)
+        product = codes * _stored(self.scale, self.scales16)
+        if self.offset is not None:
+            return product + _stored(self.offset, self.scales16)
         return product if self.rule == "half_range" else _half(product, self.fp16)
 
 
@@ -60,9 +67,13 @@ def _half(t: torch.Tensor, fp16: bool) -> torch.Tensor:
     return t.half().float() if fp16 else t
 
 
+def _stored(t: torch.Tensor, scales16: bool) -> torch.Tensor:
+    return t.half().float() if scales16 else t
+
+
 def grid(w: torch.Tensor, bits: int, block: int | None, rule: str, fp16: bool = False,
          scales16: bool = False) -> tuple[Grid, torch.Tensor]:
-    """The grid of `w` [out, in] (symmetric, blockwise along the input axis; ``block`` None: per output
+    """The grid of `w` [out, in] (blockwise along the input axis; ``block`` None: per output
     channel) under a `memlora.recipe.ScaleRule`, and `w` as the blocks it scales ([out, n_blocks, block], the
     last zero-padded; `fp16`: weights, scales and products are fp16 values, as a Core ML program holds them)."""
     lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
@@ -74,6 +85,10 @@ def grid(w: torch.Tensor, bits: int, block: int | None, rule: str, fp16: bool = 
         scale, lo = _half(amax / hi, fp16), -hi
     elif rule == "half_range":  # torchao's choose_qparams_affine / quantize_affine, SYMMETRIC
         scale = torch.clamp(amax / ((hi - lo) / 2), min=TINY)
+    elif rule == "min_max":  # asymmetric: min -> 0, max -> 2^bits - 1
+        low = blocks.amin(-1, keepdim=True)
+        return Grid((blocks.amax(-1, keepdim=True) - low) / ((1 << bits) - 1), 0, (1 << bits) - 1, rule, fp16, k,
+                    scales16, low), blocks
     else:
         raise ValueError(f"unknown scale rule {rule!r}")
     return Grid(scale, lo, hi, rule, fp16, k, scales16), blocks
@@ -195,10 +210,12 @@ def quantize_decoder(decoder: Decoder, recipe: QuantRecipe) -> None:
         embed.copy_(weight(embed, recipe))
     elif recipe.embedding == "int8_row":
         embed.copy_(linear(embed, 8, None, "half_range"))
+    elif recipe.embedding == "q8_0":
+        embed.copy_(linear(embed, 8, 32, "restricted", scales16=True))
     if not recipe.lm_head:
         return
     tied = decoder.config.tie_embeddings
-    if tied and recipe.embedding == "as_weights":
+    if tied and recipe.embedding in ("as_weights", "q8_0"):
         head_w = embed  # one tensor in the program: quantized once, above
     else:
         head_w = weight(original if tied else decoder.lm_head.weight, recipe.for_projection("lm_head"))

@@ -19,11 +19,13 @@ Scheme = Literal["fp32", "fp16", "int8", "int4", "pal4"]
 """The precision a user asks for (`--quant`) and thresholds are keyed by."""
 Weights = Literal["float", "linear", "palette"]
 """How base weights are stored: floats, integer codes times a scale, or indices into a lookup table."""
-ScaleRule = Literal["none", "max_to_min", "restricted", "half_range"]
-"""How a linear block's scale is chosen (all symmetric, no zero point):
+ScaleRule = Literal["none", "max_to_min", "restricted", "half_range", "min_max"]
+"""How a linear block's scale is chosen (symmetric, no zero point, unless named otherwise):
 ``max_to_min``: the value of largest magnitude maps to the most negative code -2^(b-1) (onnxruntime MLAS);
 ``restricted``: max |w| maps to 2^(b-1)-1 and codes stay within +-(2^(b-1)-1) (coremltools);
-``half_range``: scale = max |w| / ((2^b - 1) / 2), codes clamped to [-2^(b-1), 2^(b-1)-1] (torchao)."""
+``half_range``: scale = max |w| / ((2^b - 1) / 2), codes clamped to [-2^(b-1), 2^(b-1)-1] (torchao);
+``min_max`` (asymmetric): the block's min maps to code 0 and its max to 2^b - 1, a value is code * scale + min
+(llama.cpp Q4_1)."""
 Activations = Literal["float", "int8_block", "int8_token_asym"]
 """Dynamic activation quantization in front of a quantized matmul: none; symmetric int8 per block of
 `act_block` inputs (MatMulNBits accuracy level 4); asymmetric int8 per token (torchao 8da)."""
@@ -32,9 +34,10 @@ ScaleDtype = Literal["fp32", "fp16"]
 compute (llama.cpp's Q8_0/Q4_0 blocks), which is what the products use; codes are rounded on the fp32 scale."""
 Uneven = Literal["pad", "skip"]
 """A weight whose axis the blocks do not tile: quantized with a zero-padded last block, or left in float."""
-Embedding = Literal["float", "as_weights", "int8_row"]
+Embedding = Literal["float", "as_weights", "int8_row", "q8_0"]
 """The token embedding table: compute-precision floats; quantized like the base weights; int8 weight-only with
-one half-range scale per row."""
+one half-range scale per row; llama.cpp Q8_0 (int8 codes per block of 32, restricted fp16 scales), which a
+quantized tied head reads as well."""
 Calibration = Literal["none", "gptq", "awq"]
 """How linear codes are chosen, on the grid the runtime's packer derives: round-to-nearest; GPTQ (error feedback
 on the memory operations' own prompts, `memlora.export.calibrate`); or AWQ (per-input-channel scales multiplied
@@ -90,12 +93,14 @@ class QuantRecipe:
         if self.weights == "float":
             if self.bits is not None or self.block_size is not None or self.scale_rule != "none":
                 return "float weights take no bits, block size or scale rule"
-            if self.activations != "float" or self.lm_head or self.embedding == "as_weights":
+            if self.activations != "float" or self.lm_head or self.embedding in ("as_weights", "q8_0"):
                 return "float weights leave activations, head and embedding in float"
         elif self.bits not in (2, 3, 4, 6, 8):
             return f"bits {self.bits!r}: a quantized recipe stores 2-8 bit codes"
         if self.scale_dtype == "fp16" and (self.weights != "linear" or self.compute != "fp32"):
             return "fp16 scale storage is for linear codes under fp32 compute (fp16 compute rounds every scale)"
+        if (self.scale_rule == "min_max") == self.symmetric:
+            return "the min_max scale rule is the one asymmetric rule (symmetric False exactly with it)"
         if self.weights == "linear" and self.scale_rule == "none":
             return "linear weights need a scale rule"
         if self.weights == "palette" and (self.block_size is None or self.scale_rule != "none"):
@@ -113,7 +118,7 @@ class QuantRecipe:
             return f"int8_projections {unknown} are not projections ({', '.join(PROJECTIONS)})"
         if self.int8_projections and (self.weights != "linear" or self.bits >= 8):
             return "int8_projections widen some projections of a linear recipe with fewer than 8 bits"
-        if "lm_head" in self.int8_projections and (not self.lm_head or self.embedding == "as_weights"):
+        if "lm_head" in self.int8_projections and (not self.lm_head or self.embedding in ("as_weights", "q8_0")):
             return "int8_projections names lm_head, which this recipe leaves in float or stores as the embedding"
         return None
 
@@ -132,7 +137,8 @@ class QuantRecipe:
     @property
     def embedding_bits(self) -> int:
         """Bits a stored token-embedding weight takes (a decode step reads one row)."""
-        return {"float": COMPUTE_BITS[self.compute], "as_weights": self.weight_bits, "int8_row": 8}[self.embedding]
+        return {"float": COMPUTE_BITS[self.compute], "as_weights": self.weight_bits, "int8_row": 8,
+                "q8_0": 8}[self.embedding]
 
     def to_json(self) -> dict:
         return {**asdict(self), "int8_projections": list(self.int8_projections)}

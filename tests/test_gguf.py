@@ -167,3 +167,22 @@ def test_the_backend_says_how_to_get_llama_cpp_when_it_is_missing(monkeypatch):
 def test_llama_cpp_log_lines_do_not_reach_stderr(gguf_bundle, capfd):
     from_bundle(gguf_bundle).forward(PROMPT, 0, "extract")
     assert capfd.readouterr().err == ""
+
+
+@pytest.mark.parametrize("quant_, kind", [("int8", "Q8_0"), ("int4", "Q4_1")])
+def test_parity_simulates_exactly_the_weights_the_gguf_file_stores(quant_, kind):
+    import gguf
+    import torch
+
+    from memlora.export import quant
+    from memlora.export.target import TargetRequest
+
+    w = torch.randn(64, 96, generator=torch.Generator().manual_seed(0)) * 0.05
+    w[3, 7], w[9, 40] = 1.5, -2.0  # outliers, as SmolLM2's weights have
+    recipe = gguf_export.own_recipe(TargetRequest(None, {}, "separable", quant_, 32, 64))
+    qtype = gguf.GGMLQuantizationType[kind]
+    stored = gguf.quants.dequantize(gguf.quants.quantize(w.numpy(), qtype), qtype)
+    np.testing.assert_array_equal(quant.weight(w, recipe).numpy(), stored)
+    q8 = gguf.GGMLQuantizationType.Q8_0  # the token embedding (and tied head) of both recipes
+    table = gguf.quants.dequantize(gguf.quants.quantize(w.numpy(), q8), q8)
+    np.testing.assert_array_equal(quant.linear(w, 8, 32, "restricted", scales16=True).numpy(), table)

@@ -58,6 +58,12 @@ def test_the_schema_enumerates_exactly_the_recipe_choices():
 @pytest.mark.parametrize("fields, problem", [
     ({"scheme": "int4", "weights": "linear", "bits": 5, "scale_rule": "max_to_min"}, "2-8 bit codes"),
     ({"scheme": "fp32", "bits": 8}, "float weights take no bits"),
+    ({"scheme": "int4", "weights": "linear", "bits": 4, "scale_rule": "min_max"}, "min_max scale rule is the one "
+     "asymmetric rule"),
+    ({"scheme": "int8", "weights": "linear", "bits": 8, "scale_rule": "restricted", "symmetric": False},
+     "min_max scale rule is the one asymmetric rule"),
+    ({"scheme": "int8", "weights": "linear", "bits": 8, "scale_rule": "restricted", "compute": "fp16",
+      "scale_dtype": "fp16"}, "fp16 scale storage is for linear codes under fp32 compute"),
     ({"scheme": "int8", "weights": "linear", "bits": 8, "scale_rule": "none"}, "need a scale rule"),
     ({"scheme": "int8", "weights": "linear", "bits": 8, "scale_rule": "restricted", "activations": "int8_block"},
      "act_block is set exactly"),
