@@ -204,6 +204,11 @@ def main(
     data = read_results(results)
     data.update(memlora_version=__version__, machine=machine())
     command = "memlora matrix" + (" --quick" if quick else "")
+    if work is not None:
+        try:
+            Path(work).mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise MemloraError(f"--work {work}: cannot create the directory ({e.strerror})") from e
     with tempfile.TemporaryDirectory(prefix="memlora-matrix-", dir=work) as tmp:
         for row in chosen:
             typer.echo(f"{row.key}: export and parity", err=True)
