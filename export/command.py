@@ -141,7 +141,7 @@ def export_bundle(
 def main(
     model: Model = None,
     adapters: Adapters = None,
-    target: Annotated[str, typer.Option("--target", help="onnx, executorch, coreml (comma-separated)")] = "onnx",
+    target: Annotated[str, typer.Option("--target", help="onnx, executorch, coreml, gguf (comma-separated)")] = "onnx",
     mode: Annotated[str, typer.Option("--mode", help="merged | separable adapters")] = "separable",
     quant: Annotated[str, typer.Option("--quant", help="fp32 | fp16 | int8 | int4 | pal4 (base weights; LoRA stays float; "
                                        "fp16 and pal4: coreml)")] = "fp32",
