@@ -154,9 +154,19 @@ def _add_tokenizer(writer, model_dir: Path, config: DecoderConfig) -> None:
         value = value.get("content") if isinstance(value, dict) else value
         if value in vocab:
             add(vocab[value])
-    writer.add_add_bos_token(False)  # the memory prompts carry their own ChatML markers
+    bos, eos = _added_specials(tok)
+    writer.add_add_bos_token(bos)
+    writer.add_add_eos_token(eos)
     if settings.get("chat_template"):
         writer.add_chat_template(settings["chat_template"])
+
+
+def _added_specials(tokenizer: dict) -> tuple[bool, bool]:
+    """Whether encoding adds a special token before and after the text (the post-processor's template), so an app
+    calling ``llama_tokenize(add_special=true)`` gets what ``encode(text)`` gives."""
+    single = (tokenizer.get("post_processor") or {}).get("single") or []
+    special = ["SpecialToken" in part for part in single]
+    return bool(special) and special[0], len(special) > 1 and special[-1]
 
 
 def _tokenizer_config(model_dir: Path) -> dict:

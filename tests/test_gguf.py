@@ -81,6 +81,8 @@ def test_llama_cpp_tokenizes_text_as_the_bundle_tokenizer_does(gguf_bundle):
             out = (llama_cpp.llama_token * 512)()
             n = llama_cpp.llama_tokenize(vocab, data, len(data), out, 512, False, True)
             assert list(out[:n]) == ours.encode(text, add_special_tokens=False), text
+            n = llama_cpp.llama_tokenize(vocab, data, len(data), out, 512, True, True)
+            assert list(out[:n]) == ours.encode(text), text
     finally:
         llama_cpp.llama_model_free(model)
 
@@ -186,3 +188,12 @@ def test_parity_simulates_exactly_the_weights_the_gguf_file_stores(quant_, kind)
     q8 = gguf.GGMLQuantizationType.Q8_0  # the token embedding (and tied head) of both recipes
     table = gguf.quants.dequantize(gguf.quants.quantize(w.numpy(), q8), q8)
     np.testing.assert_array_equal(quant.linear(w, 8, 32, "restricted", scales16=True).numpy(), table)
+
+
+def test_the_gguf_adds_the_special_tokens_the_tokenizer_template_adds():
+    bos_text = {"post_processor": {"type": "TemplateProcessing", "single": [
+        {"SpecialToken": {"id": "<s>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}]}}
+    assert gguf_export._added_specials(bos_text) == (True, False)
+    plain = {"post_processor": {"type": "TemplateProcessing", "single": [{"Sequence": {"id": "A", "type_id": 0}}]}}
+    assert gguf_export._added_specials(plain) == (False, False)
+    assert gguf_export._added_specials({"post_processor": None}) == (False, False)
