@@ -51,6 +51,17 @@ def test_every_target_embeds_and_retrieves_like_the_reference(target_bundle, tin
     assert level["queries"] == 9 and level["top_k"] == 5
 
 
+def test_a_swap_is_a_retrieval_difference_unless_the_reference_ties_it_at_the_targets_precision():
+    from memlora.runtime.parity.embedder import TIE, TIE_DEFAULT, agrees
+
+    scores = np.array([0.9, 0.5, 0.4994, 0.1])  # memories 1 and 2 are 6e-4 apart: below fp16's resolution
+    assert agrees(scores, [0, 1, 2], [0, 1, 2])
+    assert not agrees(scores, [0, 1, 2], [0, 2, 1])
+    assert agrees(scores, [0, 1, 2], [0, 2, 1], TIE["fp16"])
+    assert not agrees(scores, [0, 1, 2], [1, 0, 2], TIE["fp16"]) and not agrees(scores, [0, 1], [0, 3], TIE["fp16"])
+    assert TIE.get("int8", TIE_DEFAULT) == 1e-4
+
+
 def test_pipeline_on_a_bundle_retrieves_with_the_bundles_embedder(onnx_bundle, tmp_path):
     from memlora.runtime.onnx_embedder import OnnxEmbedder
     from memlora.runtime.registry import open_pipeline

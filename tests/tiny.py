@@ -6,6 +6,7 @@ Used by the test suite and by anyone who wants to try an exporter in seconds.
 from __future__ import annotations
 
 import json
+import string
 from pathlib import Path
 
 import torch
@@ -159,15 +160,18 @@ BERT_WORDS = ("caroline melanie guitar band boston cat luna sister anna visit mo
 
 def build_bert(out: Path) -> Path:
     """A random 2-layer BERT with a WordPiece tokenizer trained here, saved in sentence-transformers layout."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
     from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
 
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    # The vocabulary is written out rather than trained: WordPieceTrainer orders equally frequent pieces by hash,
+    # so a trained one (and every embedding the tests compare) would change from run to run.
+    chars = string.ascii_lowercase + string.digits
+    pieces = dict.fromkeys([*specials, *string.punctuation, *chars, *(f"##{c}" for c in chars), *sorted(BERT_WORDS)])
+    tok = Tokenizer(models.WordPiece({p: i for i, p in enumerate(pieces)}, unk_token="[UNK]"))
     tok.normalizer = normalizers.BertNormalizer(lowercase=True)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tok.decoder = decoders.WordPiece()
-    tok.train_from_iterator([" ".join(BERT_WORDS)] * 10, trainers.WordPieceTrainer(vocab_size=200, special_tokens=specials))
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",
         special_tokens=[(t, tok.token_to_id(t)) for t in ("[CLS]", "[SEP]")])

@@ -3,8 +3,8 @@
 Two measures per target: the cosine between its vector and the reference's for every text retrieval embeds
 in the golden conversation (its questions, its facts, its memories), and retrieval agreement -- the share of
 queries (every question and every fact) whose top-k memory ids, in order, equal the reference's (memories the
-reference scores within `TIE` of each other may come in either order), ranking the conversation's memories as
-`memlora.store.MemoryStore.search` does.
+reference scores within the precision's `TIE` of each other may come in either order), ranking the
+conversation's memories as `memlora.store.MemoryStore.search` does.
 """
 
 from __future__ import annotations
@@ -21,9 +21,12 @@ from .prompts import Conversation
 
 TOP_K = 5
 """Memories retrieved per query (`memlora.pipeline`'s retrieval depth)."""
-TIE = 1e-4
-"""Reference scores closer than this are a tie: a target may order tied memories either way (fp16 rounding,
-or the reference's own thread-dependent summation, decides a tie), and that is not a retrieval difference."""
+TIE = {"fp16": 2.0 ** -9}
+"""Reference scores closer than this are a tie: a target may order tied memories either way, and that is not a
+retrieval difference. An fp16 embedder rounds each component of both vectors to 2**-11 relative, so a cosine
+near 1 it computes is only good to about two fp16 ulps (2**-9); a tie of any other precision is `TIE_DEFAULT`,
+the reference's own thread-dependent summation."""
+TIE_DEFAULT = 1e-4
 
 
 def texts(conversation: Conversation) -> tuple[list[str], list[str]]:
@@ -46,9 +49,9 @@ def top_k(queries: np.ndarray, memories: np.ndarray, k: int = TOP_K) -> list[lis
     return [list(np.argsort(-(memories @ q), kind="stable")[:k]) for q in queries]
 
 
-def agrees(ref_scores: np.ndarray, ref_ids: list[int], got_ids: list[int]) -> bool:
+def agrees(ref_scores: np.ndarray, ref_ids: list[int], got_ids: list[int], tie: float = TIE_DEFAULT) -> bool:
     """The target's top-k is the reference's, up to the order of memories the reference scores as tied."""
-    return ref_ids == got_ids or bool(np.allclose(ref_scores[ref_ids], ref_scores[got_ids], rtol=0, atol=TIE))
+    return ref_ids == got_ids or bool(np.allclose(ref_scores[ref_ids], ref_scores[got_ids], rtol=0, atol=tie))
 
 
 def embedder_level(bundle: Bundle, target: str, conversation: Conversation) -> dict | None:
@@ -69,9 +72,11 @@ def embedder_level(bundle: Bundle, target: str, conversation: Conversation) -> d
     cosine = np.sum(ref * got, axis=1) / (np.linalg.norm(ref, axis=1) * np.linalg.norm(got, axis=1))
     n = len(queries)
     ref_top, got_top = top_k(ref[:n], ref[n:]), top_k(got[:n], got[n:])
-    agree = [agrees(ref[n:] @ q, r, g) for q, r, g in zip(ref[:n], ref_top, got_top)]
+    precision = section["targets"][target]["quantization"]["scheme"]
+    tie = TIE.get(precision, TIE_DEFAULT)
+    agree = [agrees(ref[n:] @ q, r, g, tie) for q, r, g in zip(ref[:n], ref_top, got_top)]
     return {
-        "precision": section["targets"][target]["quantization"]["scheme"],
+        "precision": precision, "tie": tie,
         "cosine_min": float(cosine.min()), "cosine_mean": float(cosine.mean()),
         "retrieval_agreement": float(np.mean(agree)), "top_k": min(TOP_K, len(memories)),
         "queries": n, "memories": len(memories),
