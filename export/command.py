@@ -8,6 +8,7 @@ checked against every chosen target before any is built.
 from __future__ import annotations
 
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Callable, Optional
 
@@ -17,18 +18,10 @@ from memlora import __version__
 from memlora.errors import MemloraError
 from memlora.options import Adapters, Model
 
-GOLDEN_DIR = "golden"
 GOLDEN_TOKENS = 48
 """Golden traces stop after this many tokens: enough to catch a drift, small enough to replay on a phone."""
 CALIBRATION_SAMPLES = 16
 """--calibrate's default prompts per operation (48 sequences in all; docs/calibration.md)."""
-
-
-def _reference_backend(model_dir: Path, adapters_dir: Path):
-    """The transformers+peft fp32 pipeline: golden traces are what the user's reference produces."""
-    from memlora.runtime.torch_backend import TorchBackend
-
-    return TorchBackend(model_dir, adapters_dir, mode="separable")
 
 
 def export_bundle(
@@ -62,7 +55,7 @@ def export_bundle(
     from memlora.adapters import load_checked_adapters
     from memlora.session import load_tokenizer
 
-    from . import bundle, calibrate, chat_format, golden, target
+    from . import bundle, calibrate, chat_format, golden, side_artifacts, target
     from . import embedder as embedder_export
     from .decoder import DecoderConfig
     from .lora import load_adapters
@@ -92,7 +85,11 @@ def export_bundle(
                                    int8_projections=int8_projections)
     for exporter in exporters.values():
         target.check_request(exporter, request)
-    with bundle.staging(out) as tmp:
+    model = bundle.model_entry(config, model_dir.name, tokenizer)
+    embedded = {name: quant for name in exporters if name in embedder_export.EXPORTS}  # gguf: none yet
+    side_job = partial(side_artifacts.SideJob, model_dir, adapters_dir, None if source is None else Path(embedder),
+                       embedded, golden_tokens=golden_tokens, eos_ids=tuple(model["special_tokens"]["eos_ids"]))
+    with bundle.staging(out) as tmp, side_artifacts.running(side_job(bundle_dir=tmp)) as side:
         entries = {}
         for name, exporter in exporters.items():
             recipe = exporter.recipe(request)
@@ -105,19 +102,12 @@ def export_bundle(
                 calibrated = {"calibration": calibration.manifest_entry(recipe)}
             entries[name] = {"mode": mode, "quantization": recipe.to_json(), **calibrated,
                              **exporter.export(req, tmp, stage)}
-        embedded = {name: quant for name in exporters if name in embedder_export.EXPORTS}  # gguf: none yet
-        embedder_entry = {} if source is None or not embedded else {
-            "embedder": embedder_export.export_embedder(source, embedded, tmp, stage)}
         stage("tokenizer")
         tok_entry = bundle.copy_tokenizer(model_dir, tmp)
-        model = bundle.model_entry(config, model_dir.name, tokenizer)
         constraints_entry = bundle.write_constraints(constraints, tmp)
-        stage("golden traces (transformers+peft fp32)")
-        golden_file = f"{GOLDEN_DIR}/traces.jsonl"
-        records = golden.write_golden(_reference_backend(model_dir, adapters_dir), tokenizer,
-                                      set(model["special_tokens"]["eos_ids"]), tmp / golden_file, golden_tokens,
-                                      constraints)
-        stage("checksums and manifest")
+        stage("golden traces and embedder (beside the targets)")
+        built = side.result()
+        stage(f"checksums and manifest [beside: {', '.join(f'{n} {s:.1f} s' for n, s in built.seconds.items())}]")
         manifest = {
             "schema_version": bundle.SCHEMA_VERSION,
             "memlora_version": __version__,
@@ -131,9 +121,9 @@ def export_bundle(
             "constraints": constraints_entry,
             "adapters": [a.manifest_entry() for a in adapters.values()],
             "targets": entries,
-            "golden": {"file": golden_file, "reference": "torch (transformers+peft, fp32)",
-                       "max_new_tokens": golden_tokens, "records": records},
-            **embedder_entry,
+            "golden": {"file": side_artifacts.GOLDEN_FILE, "reference": "torch (transformers+peft, fp32)",
+                       "max_new_tokens": golden_tokens, "records": built.golden_records},
+            **({} if built.embedder is None else {"embedder": built.embedder}),
         }
         return bundle.publish(tmp, out, manifest)
 

@@ -120,13 +120,16 @@ def test_distill_refuses_an_output_directory_it_did_not_write(tmp_path):
     assert (out / "thesis.tex").read_text() == "years of work"
 
 
-def killed_export(model, adapters, target: str, out, prelude: str = "", kill_at: str | None = None) -> None:
-    """Run `export_bundle` in a child process that `prelude` or the stage `kill_at` kills with SIGKILL."""
+def killed_export(model, adapters, target: str, out, prelude: str = "", kill_at: str | None = None,
+                  before_kill: str = "None") -> None:
+    """Run `export_bundle` in a child process that `prelude` or the stage `kill_at` kills with SIGKILL (after
+    evaluating `before_kill` there)."""
     code = (
         f"import os, pathlib, signal\n{prelude}"
         "from memlora.export.command import export_bundle\n"
         "def stage(name):\n"
         f"    if {kill_at!r} and name.startswith({kill_at!r}):\n"
+        f"        {before_kill}\n"
         "        os.kill(os.getpid(), signal.SIGKILL)\n"
         f"export_bundle({str(model)!r}, {str(adapters)!r}, [{target!r}], 'separable', 'fp32', 32, {str(out)!r}, 64,"
         " stage=stage)\n"
@@ -149,6 +152,41 @@ def test_sigkill_during_an_export_keeps_the_old_bundle_and_the_next_one_clears_i
     export_bundle(tiny_model, tiny_adapters, [target], "separable", "fp32", 32, out, 64)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]
     assert list(load_bundle(out).manifest["targets"]) == [target]
+
+
+def test_a_side_process_that_dies_fails_the_export_in_one_line_and_leaves_nothing(tiny_model, tiny_adapters, tmp_path):
+    """The embedder and golden traces are built in a second process; if it is killed (the OOM killer), the
+    export says so instead of hanging, and its staging directory goes."""
+    import multiprocessing
+    import os
+
+    def stage(name: str) -> None:
+        if name.startswith("golden traces and embedder"):
+            for child in multiprocessing.active_children():
+                os.kill(child.pid, signal.SIGKILL)
+
+    out = tmp_path / "bundle"
+    with pytest.raises(MemloraError, match="the process building the embedder and the golden traces died"):
+        export_bundle(tiny_model, tiny_adapters, ["onnx"], "separable", "fp32", 32, out, 64, stage=stage)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_killed_export_takes_its_side_process_with_it(tiny_model, tiny_adapters, tmp_path):
+    """SIGKILL gives the export no chance to stop its side process: the kernel's parent-death signal does."""
+    import os
+    import time
+
+    pid_file = tmp_path / "side.pid"
+    prelude = ("import multiprocessing\n"
+               "def kill_here():\n"
+               f"    pathlib.Path({str(pid_file)!r}).write_text(str(multiprocessing.active_children()[0].pid))\n")
+    killed_export(tiny_model, tiny_adapters, "onnx", tmp_path / "bundle", prelude, kill_at="onnx: export",
+                  before_kill="kill_here()")
+    side = int(pid_file.read_text())
+    deadline = time.monotonic() + 10
+    while os.path.exists(f"/proc/{side}") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not os.path.exists(f"/proc/{side}"), f"side process {side} outlived the killed export"
 
 
 def test_a_kill_between_the_two_renames_of_a_replacement_is_undone(onnx_bundle, tiny_model, tiny_adapters, tmp_path):
