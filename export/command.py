@@ -24,6 +24,13 @@ CALIBRATION_SAMPLES = 16
 """--calibrate's default prompts per operation (48 sequences in all; docs/calibration.md)."""
 
 
+def reference_backend(model_dir: Path, adapters_dir: Path):
+    """The transformers+peft fp32 pipeline: golden traces are what the user's reference produces."""
+    from memlora.runtime.torch_backend import TorchBackend
+
+    return TorchBackend(model_dir, adapters_dir, mode="separable")
+
+
 def export_bundle(
     model_dir: Path,
     adapters_dir: Path,
@@ -88,7 +95,8 @@ def export_bundle(
     model = bundle.model_entry(config, model_dir.name, tokenizer)
     embedded = {name: quant for name in exporters if name in embedder_export.EXPORTS}  # gguf: none yet
     side_job = partial(side_artifacts.SideJob, model_dir, adapters_dir, None if source is None else Path(embedder),
-                       embedded, golden_tokens=golden_tokens, eos_ids=tuple(model["special_tokens"]["eos_ids"]))
+                       embedded, golden_tokens=golden_tokens, eos_ids=tuple(model["special_tokens"]["eos_ids"]),
+                       reference=reference_backend)
     with bundle.staging(out) as tmp, side_artifacts.running(side_job(bundle_dir=tmp)) as side:
         entries = {}
         for name, exporter in exporters.items():

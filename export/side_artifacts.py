@@ -19,8 +19,9 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
+from memlora.backend import Backend
 from memlora.errors import MemloraError
 
 GOLDEN_FILE = "golden/traces.jsonl"
@@ -39,6 +40,9 @@ class SideJob:
     bundle_dir: Path
     golden_tokens: int
     eos_ids: tuple[int, ...]
+    reference: Callable[[Path, Path], Backend]
+    """(model_dir, adapters_dir) -> the backend golden traces are decoded on; a module-level function, so that
+    it pickles into the second process (the export verb passes the transformers+peft pipeline)."""
 
 
 @dataclass(frozen=True)
@@ -52,11 +56,10 @@ class SideResult:
 
 def build(job: SideJob) -> SideResult:
     """Export the embedder for every target in `job.embedded`, then decode the golden prompts on the
-    transformers+peft fp32 reference (what the user's own reference produces)."""
+    reference (what the user's own reference produces)."""
     import torch
 
     from memlora import constrain
-    from memlora.runtime.torch_backend import TorchBackend
     from memlora.session import load_tokenizer
 
     from . import golden
@@ -71,7 +74,7 @@ def build(job: SideJob) -> SideResult:
         seconds["embedder"] = time.monotonic() - began
     began = time.monotonic()
     tokenizer = load_tokenizer(job.model_dir)
-    records = golden.write_golden(TorchBackend(job.model_dir, job.adapters_dir, mode="separable"), tokenizer,
+    records = golden.write_golden(job.reference(job.model_dir, job.adapters_dir), tokenizer,
                                   set(job.eos_ids), job.bundle_dir / GOLDEN_FILE, job.golden_tokens,
                                   constrain.for_tokenizer(tokenizer))
     seconds["golden traces"] = time.monotonic() - began
