@@ -115,7 +115,7 @@ def export_bundle(
         constraints_entry = bundle.write_constraints(constraints, tmp)
         stage("golden traces and embedder (beside the targets)")
         built = side.result()
-        stage(f"checksums and manifest [beside: {', '.join(f'{n} {s:.1f} s' for n, s in built.seconds.items())}]")
+        stage(f"checksums and manifest (beside: {', '.join(f'{n} {s:.1f} s' for n, s in built.seconds.items())})")
         manifest = {
             "schema_version": bundle.SCHEMA_VERSION,
             "memlora_version": __version__,
