@@ -94,9 +94,8 @@ def export_bundle(
         target.check_request(exporter, request)
     model = bundle.model_entry(config, model_dir.name, tokenizer)
     embedded = {name: quant for name in exporters if name in embedder_export.EXPORTS}  # gguf: none yet
-    side_job = partial(side_artifacts.SideJob, model_dir, adapters_dir, None if source is None else Path(embedder),
-                       embedded, golden_tokens=golden_tokens, eos_ids=tuple(model["special_tokens"]["eos_ids"]),
-                       reference=reference_backend)
+    side_job = partial(side_artifacts.SideJob, model_dir, adapters_dir, source, embedded, golden_tokens=golden_tokens,
+                       eos_ids=tuple(model["special_tokens"]["eos_ids"]), reference=reference_backend)
     with bundle.staging(out) as tmp, side_artifacts.running(side_job(bundle_dir=tmp)) as side:
         entries = {}
         for name, exporter in exporters.items():

@@ -24,6 +24,8 @@ from typing import Callable, Iterator
 from memlora.backend import Backend
 from memlora.errors import MemloraError
 
+from .embedder import EmbedderSource
+
 GOLDEN_FILE = "golden/traces.jsonl"
 PR_SET_PDEATHSIG = 1
 
@@ -34,7 +36,8 @@ class SideJob:
 
     model_dir: Path
     adapters_dir: Path
-    embedder: Path | None
+    embedder: EmbedderSource | None
+    """The embedder as the export checked it (not read and hashed again here)."""
     embedded: dict[str, str]
     """Targets that get an embedder -> the bundle's --quant."""
     bundle_dir: Path
@@ -70,7 +73,7 @@ def build(job: SideJob) -> SideResult:
     began = time.monotonic()
     entry = None
     if job.embedder is not None and job.embedded:
-        entry = embedder_export.export_embedder(embedder_export.read_source(job.embedder), job.embedded, job.bundle_dir)
+        entry = embedder_export.export_embedder(job.embedder, job.embedded, job.bundle_dir)
         seconds["embedder"] = time.monotonic() - began
     began = time.monotonic()
     tokenizer = load_tokenizer(job.model_dir)
@@ -87,8 +90,9 @@ def _die_with(parent: int) -> None:
     a watchdog thread elsewhere."""
     if sys.platform.startswith("linux"):
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != parent:  # it died before the signal was armed
-        os._exit(1)
+        if os.getppid() != parent:  # it died before the signal was armed
+            os._exit(1)
+        return
 
     def watch() -> None:
         while os.getppid() == parent:
@@ -126,11 +130,12 @@ class Side:
         try:
             kind, value = self._conn.recv()
         except EOFError:
-            self._proc.join()
+            kind, value = "died", None
+        self._proc.join()
+        if kind == "died":
             raise MemloraError(f"export: the process building the embedder and the golden traces died before "
                                f"finishing (exit code {self._proc.exitcode}: killed, or out of memory); nothing "
-                               f"was written to the bundle") from None
-        self._proc.join()
+                               f"was written to the bundle")
         if kind == "error":
             raise value
         return value

@@ -159,7 +159,7 @@ BERT_WORDS = ("caroline melanie guitar band boston cat luna sister anna visit mo
 
 
 def build_bert(out: Path) -> Path:
-    """A random 2-layer BERT with a WordPiece tokenizer trained here, saved in sentence-transformers layout."""
+    """A random 2-layer BERT with a WordPiece tokenizer built here, saved in sentence-transformers layout."""
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
     from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
 
